@@ -1,0 +1,8 @@
+"""The JSON API, version 2. Each app adds its routes here."""
+from django.urls import path
+
+from dashboard import api_views
+
+urlpatterns = [
+    path("me", api_views.me, name="api_me"),
+]

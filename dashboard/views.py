@@ -1,0 +1,68 @@
+from django.contrib import messages
+from django.contrib.auth.decorators import login_not_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods
+
+from dashboard.forms import TokenForm
+from dashboard.models import ApiToken
+from dashboard.readiness import check_broker, check_database, check_ray
+from dashboard.roles import role_name
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "dashboard/home.html", {"role": role_name(request.user)})
+
+
+@login_not_required
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@login_not_required
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Ready when the database and the broker answer. Ray is reported but does not decide:
+    without it the dashboard still serves, and deployments wait in QUEUED."""
+    required = [check_database(), check_broker()]
+    ray = check_ray()
+    ready = all(check.ok for check in required)
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "checks": {check.name: check.as_dict() for check in required},
+        "optional": {ray.name: ray.as_dict()},
+    }
+    return JsonResponse(body, status=200 if ready else 503)
+
+
+@require_http_methods(["GET", "POST"])
+def tokens(request: HttpRequest) -> HttpResponse:
+    created = None
+    form = TokenForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        token, raw = ApiToken.issue(request.user, form.cleaned_data["name"])
+        created = {"token": token, "raw": raw}
+        form = TokenForm(user=request.user)
+    context = {
+        "form": form,
+        "created": created,
+        "tokens": ApiToken.objects.filter(user=request.user),
+    }
+    return render(request, "dashboard/tokens.html", context, status=422 if form.errors else 200)
+
+
+@require_http_methods(["GET", "POST"])
+def revoke_token(request: HttpRequest, pk: int) -> HttpResponse:
+    token = get_object_or_404(ApiToken.objects.active(), pk=pk, user=request.user)
+    if request.method == "POST":
+        token.revoke(actor=request.user)
+        messages.success(request, f"Revoked API token “{token.name}”. Scripts using it now get 401.")
+        return redirect("tokens")
+    template = "dashboard/token_revoke.html#confirm" if request.htmx else "dashboard/token_revoke.html"
+    return render(request, template, {"token": token})
+
+

@@ -1,0 +1,1 @@
+"""HealthCheck, Flip and GpuSample arrive with the health panel."""

@@ -1,0 +1,1 @@
+"""ServeModel, ServeEvent and ServeRevision arrive with the serving control plane."""

@@ -1,0 +1,1 @@
+"""Celery tasks of the serving app; they run on the `serve` queue (CELERY_TASK_ROUTES)."""

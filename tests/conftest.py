@@ -1,0 +1,99 @@
+"""Shared fixtures: alice and bob (users), rita (reviewer), admin; logged-in clients; a browser."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Playwright's sync API runs an event loop in the test thread; Django's ORM calls there are safe.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture
+def test_output() -> Path:
+    """Where tests leave screenshots and logs for a person to look at."""
+    path = Path(os.environ.get("GANTRY_TEST_OUTPUT", ROOT / "test-output"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _make_user(django_user_model, username: str, **extra):
+    return django_user_model.objects.create_user(username, f"{username}@example.test", PASSWORD, **extra)
+
+
+@pytest.fixture
+def alice(db, django_user_model):
+    return _make_user(django_user_model, "alice")
+
+
+@pytest.fixture
+def bob(db, django_user_model):
+    return _make_user(django_user_model, "bob")
+
+
+@pytest.fixture
+def rita(db, django_user_model):
+    from django.contrib.auth.models import Group
+
+    from dashboard.roles import REVIEWERS_GROUP, ensure_roles
+
+    ensure_roles()
+    user = _make_user(django_user_model, "rita")
+    user.groups.add(Group.objects.get(name=REVIEWERS_GROUP))
+    return user
+
+
+@pytest.fixture
+def admin(db, django_user_model):
+    return _make_user(django_user_model, "admin", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def alice_client(client, alice):
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def bob_client(client, bob):
+    client.force_login(bob)
+    return client
+
+
+@pytest.fixture
+def admin_client(client, admin):
+    client.force_login(admin)
+    return client
+
+
+# --- Browser (pytest-playwright) -------------------------------------------------------------
+CHROMIUM = os.environ.get("GANTRY_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    # Playwright's own browser download does not work offline: use Debian's chromium.
+    return {
+        **browser_type_launch_args,
+        "executable_path": CHROMIUM,
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    }
+
+
+def login_in_browser(page, base_url: str, username: str, password: str = PASSWORD) -> None:
+    page.goto(f"{base_url}/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base_url}/")

@@ -1,0 +1,71 @@
+"""Every page and API endpoint needs a login: pages redirect to the login page, the API answers 401 JSON."""
+import re
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver
+
+# Reachable without logging in, on purpose.
+PUBLIC = {"login", "logout", "healthz", "readyz"}
+
+
+def _walk(patterns, prefix=""):
+    for entry in patterns:
+        if isinstance(entry, URLResolver):
+            if str(entry.pattern).startswith("admin/"):
+                continue  # Django admin has its own login, tested by Django
+            yield from _walk(entry.url_patterns, prefix + str(entry.pattern))
+        elif isinstance(entry, URLPattern):
+            yield entry.name, prefix + str(entry.pattern)
+
+
+def _concrete(route: str) -> str:
+    # <int:pk> -> 1, <str:key> / <slug:key> -> x: the page must refuse before it looks anything up.
+    route = re.sub(r"<int:\w+>", "1", route)
+    route = re.sub(r"<(?:\w+:)?\w+>", "x", route)
+    return "/" + route
+
+
+ROUTES = sorted({(name, _concrete(route)) for name, route in _walk(get_resolver().url_patterns) if name not in PUBLIC})
+
+
+def test_the_walk_finds_the_pages_and_the_api():
+    paths = {path for _, path in ROUTES}
+    assert "/" in paths and "/settings/tokens/" in paths and "/api/v2/me" in paths
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name,path", ROUTES, ids=[path for _, path in ROUTES])
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_anonymous_requests_are_refused(client, name, path, method):
+    response = getattr(client, method)(path)
+    if path.startswith("/api/"):
+        assert response.status_code == 401
+        assert response["Content-Type"] == "application/json"
+        assert response.json()["error"]["code"] == "unauthenticated"
+    else:
+        assert response.status_code == 302
+        assert response["Location"].startswith("/login/?next=")
+
+
+@pytest.mark.django_db
+def test_health_endpoints_are_public(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+
+
+@pytest.mark.django_db
+def test_login_page_logs_a_user_in_and_out(client, alice):
+    from tests.conftest import PASSWORD
+
+    response = client.post("/login/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert "Welcome, alice" in client.get("/").text
+    client.post("/logout/")
+    assert client.get("/").status_code == 302
+
+
+@pytest.mark.django_db
+def test_a_wrong_password_says_so_on_the_login_page(client, alice):
+    response = client.post("/login/", {"username": "alice", "password": "nope"})
+    assert response.status_code == 200
+    assert "enter a correct username and password" in response.text
