@@ -67,6 +67,7 @@ def test_make_run_serves_a_login_page_and_ctrl_c_stops_everything(running_gantry
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     expect(page.get_by_role("heading", name="Welcome, alice")).to_be_visible()
+    expect(page.locator("#ray-banner")).to_have_count(0)  # the local Ray head was up before the web app
     page.screenshot(path=test_output / "make-run-logged-in.png", full_page=True)
 
     # The embedded defaults: SQLite, the filesystem broker and the local Ray head all answer.
