@@ -15,3 +15,10 @@ def me(request: HttpRequest) -> JsonResponse:
             "token": token.name if token else None,
         }
     )
+
+
+@require_GET
+def openapi(request: HttpRequest) -> JsonResponse:
+    from serving.openapi import document
+
+    return JsonResponse(document())

@@ -189,8 +189,6 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-# Periodic work; each app's issue adds its own entries (reconcile, probes).
-CELERY_BEAT_SCHEDULE: dict = {}
 
 # --- Serving, gates, health -------------------------------------------------------------------
 RAY_ADDRESS = env_str("RAY_ADDRESS", "127.0.0.1:6380")
@@ -202,6 +200,19 @@ GANTRY_HF_ROOT = Path(env_str("GANTRY_HF_ROOT", str(VAR_DIR / "hf"))).resolve()
 GANTRY_DATASETS_ROOT = Path(env_str("GANTRY_DATASETS_ROOT", str(VAR_DIR / "datasets"))).resolve()
 GANTRY_USERS_ROOT = Path(env_str("GANTRY_USERS_ROOT", str(VAR_DIR / "users"))).resolve()
 GANTRY_ENGINE = env_choice("GANTRY_ENGINE", "auto", ("auto", "cpu", "gpu"))
+GANTRY_ACCELERATOR_TYPE = env_str("GANTRY_ACCELERATOR_TYPE", "")
+GANTRY_SERVE_CLIENT = env_str("GANTRY_SERVE_CLIENT", "serving.client.RayServeClient")
+# A deploy that is not RUNNING this long after its apply fails with Serve's last message; one that
+# waits for GPUs this long fails too. Large models on slow disks need the generous default.
+GANTRY_DEPLOY_TIMEOUT_S = env_int("GANTRY_DEPLOY_TIMEOUT_S", 900, minimum=1)
+GANTRY_PENDING_TIMEOUT_S = env_int("GANTRY_PENDING_TIMEOUT_S", 1800, minimum=1)
+GANTRY_RECONCILE_INTERVAL_S = env_int("GANTRY_RECONCILE_INTERVAL_S", 10, minimum=1)
+
+# Periodic work; each app's issue adds its own entries (reconcile, probes).
+CELERY_BEAT_SCHEDULE: dict = {
+    # Repairs drift both ways and moves DEPLOYING models on from what Serve reports.
+    "serving-reconcile": {"task": "serving.tasks.reconcile", "schedule": float(GANTRY_RECONCILE_INTERVAL_S)},
+}
 GANTRY_DEPENDENCY_TIMEOUT = float(env_int("GANTRY_DEPENDENCY_TIMEOUT_MS", 1000, minimum=50)) / 1000
 
 LOGGING = {

@@ -1,1 +1,194 @@
-"""ServeModel, ServeEvent and ServeRevision arrive with the serving control plane."""
+"""ServeModel (desired state), ServeEvent (append-only history), ServeRevision (every applied config)."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from serving.choices import ALLOWED_MOVES, LIVE_STATES, EventKind, State
+
+
+class IllegalTransition(Exception):
+    """A move the state machine does not allow; the API turns it into a 409."""
+
+    def __init__(self, model: "ServeModel", to_state: str):
+        self.from_state, self.to_state = model.state, to_state
+        super().__init__(f"{model.model_id} is {model.state}; it cannot become {to_state}.")
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class ServeModelQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "ServeModelQuerySet":
+        return self if user.is_staff else self.filter(owner=user)
+
+    def live(self) -> "ServeModelQuerySet":
+        return self.filter(state__in=LIVE_STATES)
+
+    def reconcilable(self) -> "ServeModelQuerySet":
+        return self.exclude(state=State.DELETED)
+
+
+class ServeModel(models.Model):
+    """One user's model deployment: what they asked for (spec) and where it stands (state)."""
+
+    model_key = models.CharField(max_length=200, unique=True, help_text="Stable key in URLs and the Serve application name.")
+    model_id = models.CharField(max_length=200, unique=True, help_text="Public id clients put in OpenAI calls.")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="serve_models")
+    suffix = models.CharField(max_length=64)
+    spec_yaml = models.TextField(help_text="The spec as the user last submitted it.")
+    resolved_spec = models.JSONField(help_text="The desired, resolved spec (ResolvedSpec.as_dict()).")
+    generation = models.PositiveIntegerField(default=1, help_text="Bumped by every change a user asks for.")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED, db_index=True)
+    error_summary = models.TextField(blank=True)
+    # What the reconciler last applied, and what it must not retry by itself.
+    applied_config_hash = models.CharField(max_length=64, blank=True)
+    rejected_config_hash = models.CharField(max_length=64, blank=True)
+    last_observation = models.TextField(blank=True, help_text="Last Serve message recorded, so each is logged once.")
+    change_reason = models.CharField(max_length=200, blank=True, help_text="Why the desired spec last changed; becomes the next revision's reason.")
+    deadline = models.DateTimeField(null=True, blank=True, help_text="When a deploy that has not become RUNNING fails.")
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ServeModelQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated_at"]
+        constraints = [models.UniqueConstraint(fields=["owner", "suffix"], name="unique_suffix_per_owner")]
+        indexes = [models.Index(fields=["owner", "state"])]
+
+    def __str__(self) -> str:
+        return self.model_id
+
+    @property
+    def num_replicas(self) -> int:
+        return int(self.resolved_spec["num_replicas"])
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return int(self.resolved_spec["gpus_per_replica"])
+
+    @property
+    def gpus_needed(self) -> int:
+        return self.num_replicas * self.gpus_per_replica
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    def move_to(self, to_state: str, kind: str, message: str, *, actor=None, error: str | None = None, **payload) -> "ServeEvent":
+        """The one place a model changes state: checks the move, saves, and logs it in one transaction.
+
+        `error` sets error_summary (FAILED says why); any other move clears it.
+        """
+        if to_state not in ALLOWED_MOVES[self.state]:
+            raise IllegalTransition(self, to_state)
+        with transaction.atomic():
+            from_state = self.state
+            self.state = to_state
+            self.state_changed_at = timezone.now()
+            self.error_summary = error or ""
+            self.save()
+            return ServeEvent.record(self, kind, message, actor=actor, from_state=from_state, to_state=to_state, **payload)
+
+    def log(self, kind: str, message: str, *, actor=None, **payload) -> "ServeEvent":
+        """An event that does not change the state (a pending GPU check, a Serve message)."""
+        return ServeEvent.record(self, kind, message, actor=actor, **payload)
+
+
+class AppendOnly(models.Model):
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            raise ValueError(f"{type(self).__name__} rows are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ValueError(f"{type(self).__name__} rows are append-only.")
+
+
+class ServeEvent(AppendOnly):
+    """Append-only history of a model. Copies the names it needs, so it outlives the model row."""
+
+    model = models.ForeignKey(ServeModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    model_key = models.CharField(max_length=200, db_index=True)
+    public_id = models.CharField(max_length=200, blank=True, help_text="The model's public id, copied.")
+    owner_name = models.CharField(max_length=150, blank=True)
+    kind = models.CharField(max_length=32, choices=EventKind.choices)
+    message = models.TextField()
+    from_state = models.CharField(max_length=16, blank=True)
+    to_state = models.CharField(max_length=16, blank=True)
+    generation = models.PositiveIntegerField(null=True, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_name = models.CharField(max_length=150, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["model", "-created_at", "-id"])]
+
+    def __str__(self) -> str:
+        return f"{self.model_key} {self.kind}: {self.message}"
+
+    @classmethod
+    def record(cls, model: ServeModel | None, kind: str, message: str, *, actor=None, model_key: str = "", **fields) -> "ServeEvent":
+        return cls.objects.create(
+            model=model,
+            model_key=model.model_key if model else model_key,
+            public_id=model.model_id if model else "",
+            owner_name=model.owner.username if model else "",
+            generation=model.generation if model else None,
+            kind=kind,
+            message=message,
+            actor=actor if getattr(actor, "pk", None) else None,
+            actor_name=getattr(actor, "username", "") or "",
+            from_state=fields.pop("from_state", ""),
+            to_state=fields.pop("to_state", ""),
+            payload=fields,
+        )
+
+
+class ServeRevision(AppendOnly):
+    """A config Gantry applied to Serve. Kept forever: Ray Serve itself keeps no history."""
+
+    model = models.ForeignKey(ServeModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="revisions")
+    model_key = models.CharField(max_length=200)
+    number = models.PositiveIntegerField()
+    generation = models.PositiveIntegerField()
+    resolved_spec = models.JSONField()
+    config = models.JSONField(help_text="The application config Serve was given.")
+    config_hash = models.CharField(max_length=64)
+    reason = models.CharField(max_length=200)
+    actor_name = models.CharField(max_length=150, blank=True)
+    applied_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-number"]
+        constraints = [models.UniqueConstraint(fields=["model_key", "number"], name="unique_revision_number")]
+
+    def __str__(self) -> str:
+        return f"{self.model_key} r{self.number}"
+
+
+class Lease(models.Model):
+    """A named lease a worker claims with one conditional UPDATE, so only one holds it at a time.
+
+    Expires by itself, so a worker that dies holding it blocks the others for one TTL at most.
+    """
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=128, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    rerun_requested = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"{self.name} held by {self.holder or 'nobody'}"

@@ -1,0 +1,136 @@
+"""What users ask of their models: create or update from a spec, scale, delete, roll back.
+
+Each change is one transaction that updates the desired state and logs an event; the reconciler
+is enqueued when it commits and does the slow work against Serve.
+"""
+from __future__ import annotations
+
+import yaml
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from dashboard.models import AuditEntry
+from serving.choices import EventKind, State
+from serving.engine import current_engine
+from serving.models import ServeModel, ServeRevision
+from serving.spec import ResolvedSpec, Roots, parse_spec_yaml, resolve_spec, validate_num_replicas, validate_spec
+
+
+class ChangeRefused(Exception):
+    """The model's current state cannot take this change (409)."""
+
+
+def reconcile_soon() -> None:
+    from serving.tasks import reconcile
+
+    reconcile.delay_on_commit()
+
+
+def _requeue_or_log(model: ServeModel, kind: str, message: str, actor) -> None:
+    # A FAILED or DELETED model comes back to life through QUEUED; a live one just records the change.
+    if model.state in (State.FAILED, State.DELETED):
+        model.deadline = None
+        model.move_to(State.QUEUED, kind, message, actor=actor)
+    else:
+        model.save()
+        model.log(kind, message, actor=actor)
+
+
+def submit_spec(user, text: str) -> tuple[ServeModel, bool]:
+    """Create the model, or update it when this user already has one with the same suffix.
+
+    Raises SpecError (400/403/422) for bad input and ChangeRefused (409) for a model being deleted.
+    """
+    spec = validate_spec(parse_spec_yaml(text), engine=current_engine())
+    with transaction.atomic():
+        model = ServeModel.objects.select_for_update().filter(owner=user, suffix=spec.suffix).first()
+        # The public id keeps its creation minute across updates: resolve against the stored one.
+        created_at = model.created_at if model else timezone.now()
+        resolved = resolve_spec(spec, username=user.username, created_at=created_at, roots=Roots.from_settings())
+        if model is None:
+            return _create(user, text, resolved, created_at), True
+        if model.state == State.DELETING:
+            raise ChangeRefused(f"{model.model_id} is being deleted; post the spec again once it is DELETED.")
+        model.spec_yaml = text
+        model.resolved_spec = resolved.as_dict()
+        model.generation += 1
+        model.change_reason = "update"
+        model.rejected_config_hash = ""
+        _requeue_or_log(model, EventKind.UPDATED, f"Spec updated to generation {model.generation}: {_summary(resolved)}.", user)
+    reconcile_soon()
+    return model, False
+
+
+def _create(user, text: str, resolved: ResolvedSpec, created_at) -> ServeModel:
+    try:
+        with transaction.atomic():
+            model = ServeModel.objects.create(
+                model_key=resolved.model_id,
+                model_id=resolved.model_id,
+                owner=user,
+                suffix=resolved.suffix,
+                spec_yaml=text,
+                resolved_spec=resolved.as_dict(),
+                change_reason="create",
+                created_at=created_at,
+            )
+    except IntegrityError:
+        raise ChangeRefused(f"A model with suffix {resolved.suffix!r} was just created by another request; retry to update it.") from None
+    model.log(EventKind.CREATED, f"Created: {_summary(resolved)}.", actor=user)
+    reconcile_soon()
+    return model
+
+
+def scale(model: ServeModel, num_replicas, actor) -> ServeModel:
+    replicas = validate_num_replicas(num_replicas)
+    with transaction.atomic():
+        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        if model.state in (State.DELETING, State.DELETED):
+            raise ChangeRefused(f"{model.model_id} is {model.state}; it cannot be scaled.")
+        before = model.num_replicas
+        model.resolved_spec = {**model.resolved_spec, "num_replicas": replicas}
+        model.generation += 1
+        model.change_reason = f"scale {before} → {replicas}"
+        model.rejected_config_hash = ""
+        _requeue_or_log(model, EventKind.SCALED, f"Scale {before} → {replicas} replica(s) requested.", actor)
+    reconcile_soon()
+    return model
+
+
+def request_delete(model: ServeModel, actor) -> ServeModel:
+    with transaction.atomic():
+        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        if model.state == State.DELETED:
+            raise ChangeRefused(f"{model.model_id} is already deleted.")
+        if model.state != State.DELETING:
+            model.move_to(State.DELETING, EventKind.DELETE_REQUESTED, "Delete requested.", actor=actor)
+            AuditEntry.record(actor, "serve.delete", f"model {model.model_id} of {model.owner.username}")
+    reconcile_soon()
+    return model
+
+
+def rollback(model: ServeModel, revision_number: int, actor) -> ServeModel:
+    with transaction.atomic():
+        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        revision = ServeRevision.objects.filter(model=model, number=revision_number).first()
+        if revision is None:
+            raise LookupError(f"{model.model_id} has no revision {revision_number}.")
+        if model.state in (State.DELETING, State.DELETED):
+            raise ChangeRefused(f"{model.model_id} is {model.state}; it cannot be rolled back.")
+        model.resolved_spec = revision.resolved_spec
+        model.spec_yaml = ResolvedSpec.from_dict(revision.resolved_spec).to_yaml()
+        model.generation += 1
+        model.change_reason = f"rollback to revision {revision.number}"
+        model.rejected_config_hash = ""
+        _requeue_or_log(model, EventKind.ROLLBACK, f"Rollback to revision {revision.number} requested.", actor)
+        AuditEntry.record(actor, "serve.rollback", f"model {model.model_id} of {model.owner.username}", f"to revision {revision.number}")
+    reconcile_soon()
+    return model
+
+
+def _summary(resolved: ResolvedSpec) -> str:
+    return f"{resolved.num_replicas} replica(s) × {resolved.gpus_per_replica} GPU(s) from {resolved.model_source}"
+
+
+def spec_yaml_of(model: ServeModel) -> str:
+    return yaml.safe_dump(model.resolved_spec, sort_keys=False)

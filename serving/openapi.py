@@ -1,0 +1,151 @@
+"""The OpenAPI 3.1 document of /api/v2 (served at /api/v2/openapi.json)."""
+from __future__ import annotations
+
+from serving.spec import ENGINE_KWARGS_ALLOWED
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+_MODEL_KEY = {"name": "model_key", "in": "path", "required": True, "schema": {"type": "string"}}
+_AUTH_ERRORS = {"401": _error("Not logged in and no valid bearer token.")}
+
+
+def document() -> dict:
+    model_props = {
+        "model_key": {"type": "string", "description": "Stable key used in URLs; also the Serve application name."},
+        "model_id": {"type": "string", "description": "Public id for OpenAI calls: <user>-<YYYYMMDDHHMM UTC>-<suffix>."},
+        "suffix": {"type": "string"},
+        "state": {"$ref": "#/components/schemas/State"},
+        "generation": {"type": "integer", "minimum": 1},
+        "num_replicas": {"type": "integer", "minimum": 0},
+        "gpus_per_replica": {"type": "integer", "minimum": 0},
+        "owner": {"type": "string"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+        "error_summary": {"type": "string"},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Gantry API",
+            "version": "2",
+            "description": "Deploy, scale and delete LLMs on Ray Serve. Authenticate with `Authorization: Bearer <token>` "
+            "(create tokens under Settings → API tokens). The models themselves answer OpenAI calls at `openai_base_url`, "
+            "which has no authentication of its own.",
+        },
+        "servers": [{"url": "/api/v2"}],
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": {
+            "/me": {"get": {"summary": "Who this token or session is", "responses": {"200": {"description": "The caller."}, **_AUTH_ERRORS}}},
+            "/serve/models": {
+                "post": {
+                    "summary": "Create a model, or update yours with the same suffix (generation + 1)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/yaml": {"schema": {"$ref": "#/components/schemas/Spec"}}},
+                    },
+                    "responses": {
+                        "202": {"description": "Accepted; the reconciler applies it.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
+                        "400": _error("The body is not YAML, or not a mapping."),
+                        "403": _error("model_source resolves outside the shared HF root and your own root."),
+                        "409": _error("The model with this suffix is being deleted."),
+                        "422": _error("The spec is invalid; `field` names the culprit."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+                "get": {
+                    "summary": "Your models (admins: everyone's)",
+                    "parameters": [
+                        {"name": "state", "in": "query", "schema": {"$ref": "#/components/schemas/State"}},
+                        {"name": "owner", "in": "query", "schema": {"type": "string"}, "description": "Admins only."},
+                        {"name": "include_deleted", "in": "query", "schema": {"type": "boolean"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The models and the OpenAI base URL they answer at.",
+                            "content": {"application/json": {"schema": {"type": "object", "properties": {
+                                "items": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
+                                "openai_base_url": {"type": "string"},
+                            }}}},
+                        },
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/serve/models/{model_key}": {
+                "parameters": [_MODEL_KEY],
+                "get": {
+                    "summary": "One model with its resolved spec, events (newest first, paged), revisions and live Serve status",
+                    "parameters": [{"name": "events_before", "in": "query", "schema": {"type": "integer"}, "description": "Event id from `events.next`."}],
+                    "responses": {"200": {"description": "The model.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelDetail"}}}}, "404": _error("Unknown, or not yours."), **_AUTH_ERRORS},
+                },
+                "patch": {
+                    "summary": "Scale: change num_replicas (0 keeps the record and frees the GPUs)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["num_replicas"], "additionalProperties": False, "properties": {"num_replicas": {"type": "integer", "minimum": 0, "maximum": 64}}}}}},
+                    "responses": {"202": {"description": "Accepted."}, "400": _error("Not JSON."), "404": _error("Unknown, or not yours."), "409": _error("The model is DELETING or DELETED."), "422": _error("Invalid value or field."), **_AUTH_ERRORS},
+                },
+                "delete": {
+                    "summary": "Delete: the Serve application is removed; events and revisions stay",
+                    "responses": {"202": {"description": "Accepted."}, "404": _error("Unknown, or not yours."), "409": _error("Already DELETED."), **_AUTH_ERRORS},
+                },
+            },
+            "/serve/models/{model_key}/rollback": {
+                "parameters": [_MODEL_KEY],
+                "post": {
+                    "summary": "Put the model back to an earlier revision's spec; applied as a new revision (audited)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["revision", "confirm"], "properties": {"revision": {"type": "integer"}, "confirm": {"const": True}}}}}},
+                    "responses": {"202": {"description": "Accepted."}, "404": _error("Unknown model or revision."), "409": _error("The model is DELETING or DELETED."), "422": _error("Missing revision or confirm."), **_AUTH_ERRORS},
+                },
+            },
+            "/serve/status": {
+                "get": {
+                    "summary": "Admins: Serve applications, cluster GPUs, models pending resources, applications Gantry does not know",
+                    "responses": {"200": {"description": "Cluster status."}, "403": _error("Not an admin."), **_AUTH_ERRORS},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "sessionid"},
+            },
+            "schemas": {
+                "State": {"type": "string", "enum": ["QUEUED", "DEPLOYING", "RUNNING", "FAILED", "DELETING", "DELETED"]},
+                "Spec": {
+                    "type": "object",
+                    "required": ["model_id", "model_source"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "model_id": {"type": "string", "pattern": "^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$", "description": "The suffix of the public id."},
+                        "model_source": {"type": "string", "description": "$HOME/…, $HOME/common/hf/… or an absolute path under those roots."},
+                        "num_replicas": {"type": "integer", "minimum": 0, "maximum": 64, "default": 1},
+                        "gpus_per_replica": {"type": "integer", "minimum": 0, "maximum": 8, "description": "Default 1 on the GPU engine, 0 on the CPU engine."},
+                        "engine_kwargs": {"type": "object", "additionalProperties": False, "properties": {k: {} for k in sorted(ENGINE_KWARGS_ALLOWED)}},
+                    },
+                },
+                "Accepted": {"type": "object", "properties": {"model_key": {"type": "string"}, "model_id": {"type": "string"}, "state": {"$ref": "#/components/schemas/State"}, "generation": {"type": "integer"}, "created": {"type": "boolean"}}},
+                "Model": {"type": "object", "properties": model_props},
+                "ModelDetail": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/Model"},
+                        {"type": "object", "properties": {
+                            "openai_base_url": {"type": "string"},
+                            "resolved_spec_yaml": {"type": "string"},
+                            "events": {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}}, "next": {"type": ["string", "null"]}}},
+                            "revisions": {"type": "array", "items": {"type": "object"}},
+                            "serve_status": {"type": "object"},
+                        }},
+                    ]
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["status", "code", "message"], "properties": {
+                        "status": {"type": "integer"}, "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"},
+                    }}},
+                },
+            },
+        },
+    }
