@@ -118,7 +118,8 @@ def rollback(model: ServeModel, revision_number: int, actor) -> ServeModel:
         if model.state in (State.DELETING, State.DELETED):
             raise ChangeRefused(f"{model.model_id} is {model.state}; it cannot be rolled back.")
         model.resolved_spec = revision.resolved_spec
-        model.spec_yaml = ResolvedSpec.from_dict(revision.resolved_spec).to_yaml()
+        # As stored, not re-validated: the revision ran, even if today's allow-list is narrower.
+        model.spec_yaml = spec_yaml_of(model)
         model.generation += 1
         model.change_reason = f"rollback to revision {revision.number}"
         model.rejected_config_hash = ""

@@ -25,7 +25,9 @@ def build_llm_config(resolved_spec: dict, *, engine: str, accelerator_type: str 
         config["accelerator_config"] = {"kind": "cpu"}
         env_vars["VLLM_CPU_KVCACHE_SPACE"] = "1"
     else:
-        config["engine_kwargs"] = {**engine_kwargs, "tensor_parallel_size": gpus}
+        # The spec guarantees tensor × pipeline == GPUs per replica.
+        pipeline = int(engine_kwargs.get("pipeline_parallel_size", 1))
+        config["engine_kwargs"] = {**engine_kwargs, "tensor_parallel_size": gpus // pipeline}
         # One bundle per GPU, packed on one node: tensor parallelism needs its GPUs together.
         config["placement_group_config"] = {"bundles": [{"GPU": 1, "CPU": 1} for _ in range(gpus)], "strategy": "STRICT_PACK"}
         if accelerator_type:
