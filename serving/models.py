@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
-from serving.choices import ALLOWED_MOVES, LIVE_STATES, EventKind, State
+from serving.choices import ALLOWED_MOVES, LIVE_STATES, TERMINAL_STATES, EventKind, State
 
 
 class IllegalTransition(Exception):
@@ -32,6 +32,15 @@ class ServeModelQuerySet(models.QuerySet):
 
     def reconcilable(self) -> "ServeModelQuerySet":
         return self.exclude(state=State.DELETED)
+
+    def with_last_event(self) -> "ServeModelQuerySet":
+        """Each model's newest event in the same query, so a list of N models is still one query."""
+        newest = ServeEvent.objects.filter(model=models.OuterRef("pk")).order_by("-created_at", "-id")
+        return self.annotate(
+            last_event_kind=models.Subquery(newest.values("kind")[:1]),
+            last_event_message=models.Subquery(newest.values("message")[:1]),
+            last_event_at=models.Subquery(newest.values("created_at")[:1]),
+        )
 
 
 class ServeModel(models.Model):
@@ -77,6 +86,10 @@ class ServeModel(models.Model):
     @property
     def gpus_needed(self) -> int:
         return self.num_replicas * self.gpus_per_replica
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
 
     @property
     def is_live(self) -> bool:
