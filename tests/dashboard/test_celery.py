@@ -43,3 +43,9 @@ def test_delay_on_commit_sends_nothing_when_the_transaction_rolls_back(broker):
             ping.delay_on_commit()
             raise RuntimeError("rolled back")
     assert broker.llen("health") == 0
+
+
+def test_beat_reconciles_on_a_timer_to_repair_drift(settings):
+    entry = app.conf.beat_schedule["serving-reconcile"]
+    assert entry["task"] == "serving.tasks.reconcile"
+    assert entry["schedule"] == float(settings.GANTRY_RECONCILE_INTERVAL_S)
