@@ -1,5 +1,6 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_not_required
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
@@ -8,11 +9,27 @@ from django.views.decorators.http import require_GET, require_http_methods
 from dashboard.forms import TokenForm
 from dashboard.models import ApiToken
 from dashboard.readiness import check_broker, check_database, check_ray
-from dashboard.roles import role_name
+from dashboard.roles import is_admin, role_name
+from serving.choices import State
+from serving.models import ServeEvent, ServeModel
+
+RECENT_EVENTS = 10
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "dashboard/home.html", {"role": role_name(request.user)})
+    """Where my models stand and what last happened to them (admins: everyone's)."""
+    counts = dict(
+        ServeModel.objects.visible_to(request.user).values_list("state").annotate(n=Count("id")).values_list("state", "n")
+    )
+    # Admins also see events of no model (applications Serve runs that Gantry does not know).
+    events = ServeEvent.objects.all() if is_admin(request.user) else ServeEvent.objects.filter(model__owner=request.user)
+    context = {
+        "role": role_name(request.user),
+        "counts": [(state, counts.get(state, 0)) for state in State.values],
+        "total": sum(counts.values()),
+        "recent_events": events.order_by("-created_at", "-id")[:RECENT_EVENTS],
+    }
+    return render(request, "dashboard/home.html", context)
 
 
 @login_not_required

@@ -92,6 +92,12 @@ class ServeModel(models.Model):
         return self.state in TERMINAL_STATES
 
     @property
+    def is_settled(self) -> bool:
+        """Nothing will change until a person acts: a terminal state and no change waiting to be
+        applied (a RUNNING model being scaled stays RUNNING until the reconciler applies it)."""
+        return self.is_terminal and not (self.state == State.RUNNING and self.change_reason)
+
+    @property
     def is_live(self) -> bool:
         return self.state in LIVE_STATES
 

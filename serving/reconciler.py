@@ -134,6 +134,11 @@ class Tick:
         changed = digest not in (model.applied_config_hash, model.rejected_config_hash)
         if model.state == State.QUEUED or changed:
             return self.apply(model, config, digest, app)
+        if model.change_reason:
+            # A change that came to the config already applied (or already refused): nothing to do.
+            model.change_reason = ""
+            model.save(update_fields=["change_reason", "updated_at"])
+            model.log(EventKind.SERVE_STATUS, f"Generation {model.generation} asks for the config Serve already has; nothing to apply.")
         if model.state == State.DEPLOYING:
             return self.observe_deploy(model, app)
         if model.state == State.RUNNING:
@@ -199,13 +204,14 @@ class Tick:
     def refuse(self, model: ServeModel, digest: str, reason: str, previous: ServeRevision | None) -> None:
         """The apply raised: Serve kept what it had, so the model says why and does not retry alone."""
         model.rejected_config_hash = digest
+        model.change_reason = ""  # nothing is pending any more: it was refused
         if model.state == State.RUNNING:
             model.error_summary = f"Generation {model.generation} was not applied: {reason}"
-            model.save(update_fields=["rejected_config_hash", "error_summary", "updated_at"])
+            model.save(update_fields=["rejected_config_hash", "change_reason", "error_summary", "updated_at"])
             still = f" Still serving revision {previous.number}." if previous else ""
             model.log(EventKind.APPLY_FAILED, f"Serve refused generation {model.generation}: {reason}.{still}")
         else:
-            model.save(update_fields=["rejected_config_hash", "updated_at"])
+            model.save(update_fields=["rejected_config_hash", "change_reason", "updated_at"])
             model.move_to(State.FAILED, EventKind.APPLY_FAILED, f"Applying to Serve failed: {reason}", error=reason)
 
     def observe_deploy(self, model: ServeModel, app: AppStatus | None) -> None:

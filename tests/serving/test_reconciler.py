@@ -247,3 +247,25 @@ def test_an_unreachable_serve_changes_nothing_and_says_so_once(alice, fake_serve
     fake_serve.unavailable = False
     tick(fake_serve, 2)
     assert refreshed(model).state == State.RUNNING
+
+
+def test_a_change_is_pending_until_applied_and_settles_after(alice, fake_serve):
+    model = create_model(alice)
+    tick(fake_serve, 2)
+    assert refreshed(model).is_settled
+    deployments.scale(model, 2, alice)
+    model = refreshed(model)
+    assert model.state == State.RUNNING and not model.is_settled  # pages keep polling
+    tick(fake_serve, 2)
+    assert refreshed(model).is_settled
+
+
+def test_an_update_to_the_config_already_running_settles_without_an_apply(alice, fake_serve):
+    model = create_model(alice)
+    tick(fake_serve, 2)
+    deployments.submit_spec(alice, spec())
+    assert not refreshed(model).is_settled
+    tick(fake_serve)
+    model = refreshed(model)
+    assert model.is_settled and model.generation == 2
+    assert fake_serve.applied() == [model.model_key]
