@@ -203,6 +203,11 @@ def _live_context(model: ServeModel, before: int | None = None) -> dict:
         "serve": _serve_view(model.model_key),
         "events": events,
         "next_url": next_url,
+        # A poll brings new revisions too: the one the reconciler just applied.
+        "revisions": (rows := _revision_rows(model)),
+        "diff_a": rows[1].revision.number if len(rows) > 1 else None,
+        "diff_b": rows[0].revision.number if rows else None,
+        "changeable": model.state not in (State.DELETING, State.DELETED),
         # Terminal states wait for a person, so the partial is rendered without its trigger and the
         # browser stops asking. A page of older events is history: it does not poll either.
         "polling": not model.is_settled and before is None,
@@ -218,21 +223,20 @@ class RevisionRow:
     desired: bool  # what the model asks for now: rolling back to it would change nothing
 
 
-def _page_context(request: HttpRequest, model: ServeModel, *, before: int | None = None, scale_form: ScaleForm | None = None) -> dict:
-    revisions = list(model.revisions.order_by("-number"))
+def _revision_rows(model: ServeModel) -> list[RevisionRow]:
     rows = []
-    for revision in revisions:
+    for revision in model.revisions.order_by("-number"):
         replicas, gpus = int(revision.resolved_spec["num_replicas"]), int(revision.resolved_spec["gpus_per_replica"])
         applied = revision.config_hash == model.applied_config_hash
         rows.append(RevisionRow(revision, replicas, replicas * gpus, applied, revision.resolved_spec == model.resolved_spec))
+    return rows
+
+
+def _page_context(request: HttpRequest, model: ServeModel, *, before: int | None = None, scale_form: ScaleForm | None = None) -> dict:
     return {
         **_live_context(model, before),
         "spec_yaml": _spec_yaml(model.resolved_spec),
-        "revisions": rows,
-        "diff_a": revisions[1].number if len(revisions) > 1 else None,
-        "diff_b": revisions[0].number if revisions else None,
         "scale_form": scale_form or ScaleForm(initial={"num_replicas": model.num_replicas}),
-        "changeable": model.state not in (State.DELETING, State.DELETED),
         "openai_base_url": openai_base_url(),
         "user_is_owner": model.owner_id == request.user.pk,
     }
