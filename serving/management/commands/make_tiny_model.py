@@ -120,5 +120,9 @@ class Command(BaseCommand):
             (folder / name).unlink(missing_ok=True)
         build_tokenizer(folder)
         build_model(folder)
+        for path in folder.iterdir():
+            if path.is_file():
+                # safetensors writes 0600; Ray's workers may run as another user (the ray image's).
+                path.chmod(0o644)
         size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
         self.stdout.write(self.style.SUCCESS(f"Tiny model written to {folder} ({size / 1e6:.1f} MB)."))
