@@ -97,8 +97,9 @@ class ClusterResources:
 
 class ServeClient(abc.ABC):
     @abc.abstractmethod
-    def ensure_started(self, http_port: int = 8000) -> None:
-        """Connect to the cluster and make sure Serve and the gantry-router application run."""
+    def ensure_started(self, http_port: int = 8000, *, wait: bool = True) -> None:
+        """Connect to the cluster and make sure Serve and the gantry-router application run
+        (`wait=False`: start them without waiting for the router to be RUNNING)."""
 
     @abc.abstractmethod
     def apply_model(self, model_key: str, config: dict, previous: dict | None = None) -> None:

@@ -104,6 +104,9 @@ class Tick:
 
     def run(self) -> TickReport:
         try:
+            # Serve and the router come up with the first tick, so /v1/models answers before any
+            # model exists; once they run this is one status read.
+            self.client.ensure_started(settings.GANTRY_SERVE_PORT, wait=False)
             self.apps = self.client.status()
             self.resources = self.client.cluster_resources()
         except ServeUnavailable as exc:
@@ -160,7 +163,7 @@ class Tick:
         except ServeUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 — whatever Serve raised is the user's reason
-            return self.refuse(model, digest, f"{type(exc).__name__}: {exc}", previous)
+            return self.refuse(model, digest, tail(f"{type(exc).__name__}: {exc}"), previous)
         with transaction.atomic():
             revision = ServeRevision.objects.create(
                 model=model,
@@ -223,10 +226,10 @@ class Tick:
             model.move_to(State.RUNNING, EventKind.RUNNING, f"Serve reports RUNNING with {app.running_replicas} replica(s).")
             return
         if app is not None and app.status == "DEPLOY_FAILED":
-            reason = f"Serve reports DEPLOY_FAILED: {app.messages or 'no message'}"
+            reason = f"Serve reports DEPLOY_FAILED: {tail(app.messages) or 'no message'}"
             model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason)
             return
-        said = f"Serve reports {app.status}: {app.messages or 'no message yet'}" if app else "Serve does not list the application yet."
+        said = f"Serve reports {app.status}: {tail(app.messages) or 'no message yet'}" if app else "Serve does not list the application yet."
         if model.deadline and self.now >= model.deadline:
             reason = f"Not RUNNING {settings.GANTRY_DEPLOY_TIMEOUT_S} s after it was applied. {said}"
             model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason)
@@ -272,6 +275,15 @@ class Tick:
                     "Delete it with `serve.delete` if nobody needs it.",
                     model_key=name,
                 )
+
+
+def tail(message: str, limit: int = 2000) -> str:
+    """A long message cut in the middle: Serve's deploy failures open with what failed and end with
+    the engine's exception; the traceback between them is what a person can spare."""
+    if len(message) <= limit:
+        return message
+    head = message[: limit // 3].rstrip()
+    return f"{head}\n…\n{message[-(limit - len(head)):].lstrip()}"
 
 
 def observe(model: ServeModel, kind: str, message: str) -> None:

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 # Playwright's sync API runs an event loop in the test thread; Django's ORM calls there are safe.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -97,3 +98,35 @@ def login_in_browser(page, base_url: str, username: str, password: str = PASSWOR
     page.fill("#id_password", password)
     page.click("button[type=submit]")
     page.wait_for_url(f"{base_url}/")
+
+
+# --- A real Ray cluster (tests/ray_cluster.py) ---------------------------------------------------
+@pytest.fixture(scope="session")
+def ray_head():
+    import ray
+
+    from tests.ray_cluster import RayHead
+
+    head = RayHead()
+    saved = {name: getattr(settings, name) for name in ("RAY_ADDRESS", "RAY_DASHBOARD_URL", "GANTRY_SERVE_PORT")}
+    try:
+        head.wait_until_up()
+        settings.RAY_ADDRESS = head.address
+        settings.RAY_DASHBOARD_URL = head.dashboard_url
+        settings.GANTRY_SERVE_PORT = head.serve_port
+        yield head
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        head.stop()
+        for name, value in saved.items():
+            setattr(settings, name, value)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from django.core.management import call_command
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    call_command("make_tiny_model", str(folder))
+    return folder

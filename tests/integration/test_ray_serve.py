@@ -8,33 +8,17 @@ mock: "restarts nothing" means the same actor with the same PID.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from django.conf import settings
-from django.core.management import call_command
 
 from serving.client import ROUTER_APP, RayServeClient, ServeUnavailable
 from serving.llm_config import build_llm_config
+from tests.ray_cluster import RayHead, free_port, get_json, listed_models, replicas, router_url, wait_for
 
 pytestmark = pytest.mark.slow
 
-RAY = Path(sys.executable).with_name("ray")
-RAY_TEMP_ROOT = Path("/tmp/ray-gantry-test")
-SHARED_MEMORY = Path("/dev/shm")
 # Model keys look like the real ones (<user>-<YYYYMMDDHHMM>-<suffix>); the dot matters: Serve names
 # the deployment "LLMServer:alice-…-tiny_v1", so the router must not derive it from the model id.
 MODEL = "alice-202611250000-tiny.v1"
@@ -42,161 +26,11 @@ OTHER_MODEL = "bob-202611250000-other"
 RUNNING_WITHIN_S = 180
 
 
-# --- A private Ray head ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], object], timeout_s: float, every_s: float = 1.0):
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except Exception as exc:  # noqa: BLE001 — keep polling, report the last reason
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(every_s)
-    raise AssertionError(f"{what} did not happen within {timeout_s:g} s (last: {last!r})")
-
-
-def process_tree(root: int) -> list[int]:
-    """root and all its descendants now. Ray's workers outlive their raylet for a while when it is
-    killed, so they are collected before anything is stopped."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
-def stop_tree(pids: list[int], grace_s: float = 5) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
-        time.sleep(0.5)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def engine_shared_memory() -> set[Path]:
-    return set(SHARED_MEMORY.glob("psm_*")) | set(SHARED_MEMORY.glob("sem.loky-*"))
-
-
-def unused_shared_memory(candidates: set[Path]) -> list[Path]:
-    """Those of `candidates` that no process maps or holds open."""
-    in_use: set[str] = set()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            in_use.update(line.split()[-1] for line in (proc / "maps").read_text().splitlines() if "/dev/shm/" in line)
-            for fd in (proc / "fd").iterdir():
-                with contextlib.suppress(OSError):
-                    in_use.add(os.readlink(fd))
-        except OSError:
-            continue  # gone, or not ours to read
-    return [path for path in candidates if str(path) not in in_use]
-
-
-class RayHead:
-    def __init__(self) -> None:
-        RAY_TEMP_ROOT.mkdir(parents=True, exist_ok=True)
-        # Short: Ray's socket paths live under it and Unix sockets allow ~107 characters.
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="t", dir=RAY_TEMP_ROOT))
-        # vLLM's engine leaves its shared-memory ring buffers (~420 MB of RAM per replica, as
-        # /dev/shm/psm_*) and a loky semaphore behind when Ray stops a replica; what this session
-        # adds is removed after it, so repeated runs do not eat the machine's memory.
-        self.shared_memory_before = engine_shared_memory()
-        self.gcs_port, self.dashboard_port, self.serve_port = free_port(), free_port(), free_port()
-        self.address = f"127.0.0.1:{self.gcs_port}"
-        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
-        self.log = open(self.temp_dir / "ray-start.log", "wb")
-        self.process = subprocess.Popen(
-            [
-                str(RAY), "start", "--head", "--block", f"--port={self.gcs_port}",
-                "--num-cpus=16", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                # Fixed defaults (10001, 52365) would collide with another head on this machine.
-                f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            ],
-            # Not the repo: the router must reach the replicas by value, not by importing Gantry.
-            cwd=self.temp_dir,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_until_up(self) -> None:
-        def dashboard_answers() -> bool:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(self.temp_dir / 'ray-start.log').read_text()[-2000:]}")
-            with urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2) as response:
-                return response.status == 200
-
-        wait_for("the Ray head's dashboard answering", dashboard_answers, 90)
-
-    def stop(self) -> None:
-        stop_tree(process_tree(self.process.pid))
-        self.log.close()
-        for segment in unused_shared_memory(engine_shared_memory() - self.shared_memory_before):
-            segment.unlink(missing_ok=True)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def ray_head():
-    import ray
-
-    head = RayHead()
-    saved = {name: getattr(settings, name) for name in ("RAY_ADDRESS", "RAY_DASHBOARD_URL", "GANTRY_SERVE_PORT")}
-    try:
-        head.wait_until_up()
-        settings.RAY_ADDRESS = head.address
-        settings.RAY_DASHBOARD_URL = head.dashboard_url
-        settings.GANTRY_SERVE_PORT = head.serve_port
-        yield head
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        head.stop()
-        for name, value in saved.items():
-            setattr(settings, name, value)
-
-
 @pytest.fixture(scope="session")
 def client(ray_head) -> RayServeClient:
     client = RayServeClient()
     client.ensure_started(http_port=ray_head.serve_port)
     return client
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
-    call_command("make_tiny_model", str(folder))
-    return folder
 
 
 def llm_config(model_key: str, tiny_model: Path, replicas: int = 1) -> dict:
@@ -230,37 +64,6 @@ def deployed(client, tiny_model) -> dict:
 
 
 # --- What the tests look at -------------------------------------------------------------------------
-
-def replicas(head: RayHead, app: str) -> dict[str, tuple[str, int]]:
-    """replica id -> (actor id, pid) of every RUNNING replica of `app`, from the Serve REST API."""
-    with urllib.request.urlopen(f"{head.dashboard_url}/api/serve/applications/", timeout=10) as response:
-        details = json.load(response)
-    found: dict[str, tuple[str, int]] = {}
-    for deployment in details["applications"].get(app, {}).get("deployments", {}).values():
-        for replica in deployment["replicas"]:
-            if replica["state"] == "RUNNING":
-                found[replica["replica_id"]] = (replica["actor_id"], replica["pid"])
-    return found
-
-
-def router_url(head: RayHead, path: str) -> str:
-    return f"http://127.0.0.1:{head.serve_port}{path}"
-
-
-def get_json(url: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-
-
-def listed_models(head: RayHead) -> list[str]:
-    status, body = get_json(router_url(head, "/v1/models"))
-    assert status == 200, body
-    assert body["object"] == "list"
-    return [m["id"] for m in body["data"]]
-
 
 def openai_client(head: RayHead):
     import openai

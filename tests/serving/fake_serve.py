@@ -23,6 +23,7 @@ class FakeServe(ServeClient):
         self.fail_deploy: dict[str, str] = {}
         self.unschedulable: dict[str, str] = {}
         self.unavailable = False
+        self.starts = 0
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -33,8 +34,9 @@ class FakeServe(ServeClient):
         if self.unavailable:
             raise ServeUnavailable("connection refused (fake)")
 
-    def ensure_started(self, http_port: int = 8000) -> None:
+    def ensure_started(self, http_port: int = 8000, *, wait: bool = True) -> None:
         self._check()
+        self.starts += 1
 
     def apply_model(self, model_key: str, config: dict, previous: dict | None = None) -> None:
         with self._lock:

@@ -269,3 +269,17 @@ def test_an_update_to_the_config_already_running_settles_without_an_apply(alice,
     model = refreshed(model)
     assert model.is_settled and model.generation == 2
     assert fake_serve.applied() == [model.model_key]
+
+
+def test_a_long_serve_message_keeps_its_opening_and_its_end():
+    from serving.reconciler import tail
+
+    message = "Deploying app 'x' failed: LLMServer failed to start.\n" + "  File ...\n" * 500 + "RuntimeError: no weights"
+    cut = tail(message)
+    assert len(cut) <= 2005
+    assert cut.startswith("Deploying app 'x' failed") and cut.endswith("RuntimeError: no weights")
+
+
+def test_each_tick_makes_sure_serve_and_the_router_run(fake_serve):
+    tick(fake_serve, 2)
+    assert fake_serve.starts == 2
