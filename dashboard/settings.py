@@ -182,6 +182,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Ray's driver (the reconciler connects one) needs the real stdout/stderr file descriptors; Celery's
+# default LoggingProxy has none, and ray.init fails with "no attribute 'fileno'".
+CELERY_WORKER_REDIRECT_STDOUTS = False
 CELERY_TASK_DEFAULT_QUEUE = "serve"
 CELERY_TASK_QUEUES = [Queue("serve"), Queue("gates"), Queue("health")]
 CELERY_TASK_ROUTES = {
