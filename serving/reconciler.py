@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LEASE_NAME = "serving-reconciler"
 LEASE_TTL = timedelta(seconds=120)
 UNKNOWN_APP_REPORT_EVERY = timedelta(hours=24)
+APPLY_LISTING_GRACE_S = 30
 
 
 @dataclass
@@ -229,12 +230,22 @@ class Tick:
             reason = f"Serve reports DEPLOY_FAILED: {tail(app.messages) or 'no message'}"
             model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason)
             return
+        if app is None and self.lost_since_apply(model):
+            model.log(EventKind.DRIFT, "Serve no longer lists the application it was deploying (a restarted cluster?); re-applying it.")
+            model.change_reason = "drift repair: Serve had lost the application"
+            config = llm_config_for(model)
+            return self.apply(model, config, config_hash(config), app)
         said = f"Serve reports {app.status}: {tail(app.messages) or 'no message yet'}" if app else "Serve does not list the application yet."
         if model.deadline and self.now >= model.deadline:
             reason = f"Not RUNNING {settings.GANTRY_DEPLOY_TIMEOUT_S} s after it was applied. {said}"
             model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason)
             return
         observe(model, EventKind.SERVE_STATUS, said)
+
+    def lost_since_apply(self, model: ServeModel) -> bool:
+        """Serve lists an application as soon as it is applied; missing well after that, it was lost."""
+        latest = model.revisions.first()
+        return latest is not None and (self.now - latest.applied_at).total_seconds() > APPLY_LISTING_GRACE_S
 
     def watch_running(self, model: ServeModel, config: dict, digest: str, app: AppStatus | None) -> None:
         if model.num_replicas == 0:

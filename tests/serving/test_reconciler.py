@@ -283,3 +283,19 @@ def test_a_long_serve_message_keeps_its_opening_and_its_end():
 def test_each_tick_makes_sure_serve_and_the_router_run(fake_serve):
     tick(fake_serve, 2)
     assert fake_serve.starts == 2
+
+
+def test_a_deploy_serve_lost_is_reapplied_not_left_waiting(alice, fake_serve):
+    model = create_model(alice)
+    tick(fake_serve)
+    assert refreshed(model).state == State.DEPLOYING
+    del fake_serve.apps[model.model_key]  # the cluster restarted while it deployed
+    tick(fake_serve)
+    assert refreshed(model).state == State.DEPLOYING and fake_serve.applied() == [model.model_key]  # within the grace
+    ServeRevision.objects.filter(model=model).update(applied_at=timezone.now() - timedelta(seconds=60))
+    tick(fake_serve)
+    model = refreshed(model)
+    assert EventKind.DRIFT in kinds(model)
+    assert fake_serve.applied() == [model.model_key, model.model_key]
+    tick(fake_serve)
+    assert refreshed(model).state == State.RUNNING
