@@ -67,7 +67,7 @@ def test_deploy_watch_call_scale_and_delete_from_the_browser(page, live_server, 
     badge = page.locator("#live-status .badge")
     assert badge.text_content() in ("QUEUED", "DEPLOYING")
     expect(badge).to_have_text("DEPLOYING", timeout=60_000)
-    expect(badge).to_have_text("RUNNING", timeout=240_000)
+    expect(badge).to_have_text("RUNNING", timeout=360_000)
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1  # never reloaded
     expect(page.locator("#replicas")).to_contain_text("RUNNING: 1")
     page.screenshot(path=test_output / "detail-running-real.png", full_page=True)
@@ -84,7 +84,7 @@ def test_deploy_watch_call_scale_and_delete_from_the_browser(page, live_server, 
     (first_replica,) = replicas(head, model.model_id).items()
     page.get_by_label(re.compile("Replicas")).fill("2")
     page.get_by_role("button", name="Scale", exact=True).click()
-    expect(page.locator("#replicas")).to_contain_text("RUNNING: 2", timeout=240_000)
+    expect(page.locator("#replicas")).to_contain_text("RUNNING: 2", timeout=360_000)
     expect(badge).to_have_text("RUNNING")
     assert replicas(head, model.model_id)[first_replica[0]] == first_replica[1]
 

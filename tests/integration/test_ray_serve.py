@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 # the deployment "LLMServer:alice-…-tiny_v1", so the router must not derive it from the model id.
 MODEL = "alice-202611250000-tiny.v1"
 OTHER_MODEL = "bob-202611250000-other"
-RUNNING_WITHIN_S = 180
+RUNNING_WITHIN_S = 300  # ~60 s alone on 2 cores; CI machines can be slower
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ class Api:
         assert self.client.delete(f"{URL}/{key}", **self.auth).status_code == 202
 
 
-def drive(key: str, until, timeout_s: float = 240, expect_failure: bool = False) -> ServeModel:
+def drive(key: str, until, timeout_s: float = 360, expect_failure: bool = False) -> ServeModel:
     """Run reconcile ticks, as beat and the on-commit enqueue would, until `until(model)` holds."""
     deadline = time.monotonic() + timeout_s
     while True:
