@@ -7,6 +7,7 @@ the reconciler's tests import this file without Ray installed.
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import json
 import logging
@@ -313,9 +314,18 @@ def _connect_driver(address: str, timeout_s: float) -> None:
     import ray
 
     endpoint = _gcs_endpoint(address)
-    _check_tcp(address, endpoint)
+    try:
+        _check_tcp(address, endpoint)
+    except ServeUnavailable as exc:
+        # The head is gone (crashed, restarting, moved). A driver left attached to it is useless:
+        # once the head returns it is a new cluster that refuses this driver (WrongClusterID)
+        # forever. Let it go now, so the first call after the head is back connects afresh.
+        _forget_cluster(f"the GCS does not answer: {exc}")
+        raise
     if ray.is_initialized():
-        return
+        if _driver_is_attached():
+            return
+        _forget_cluster("the cluster this process was connected to is gone or was replaced")
     with _connect_lock:
         if ray.is_initialized():
             return
@@ -344,6 +354,57 @@ def _connect_driver(address: str, timeout_s: float) -> None:
             )
         error, _connect_error = _connect_error, None
         raise ServeUnavailable(f"could not connect to the Ray cluster at RAY_ADDRESS={address}: {error}")
+
+
+# How long the per-call probe of the GCS may take, and how long ray.shutdown() of a driver whose
+# cluster died may take, before we stop waiting for it.
+PROBE_TIMEOUT_S = 10.0
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def _driver_is_attached() -> bool:
+    """Whether this process's Ray driver still talks to the cluster that answers at its address.
+
+    A head that crashed and came back on the same port is a new cluster (a new cluster id, an empty
+    GCS): every call of the old driver then fails with WrongClusterID, and Serve's cached controller
+    handle points at an actor that no longer exists. One cheap, bounded GCS read tells.
+    """
+    import ray
+
+    try:
+        gcs_client = ray._private.worker.global_worker.gcs_client
+        gcs_client.internal_kv_exists(b"gantry-driver-probe", namespace=None, timeout=PROBE_TIMEOUT_S)
+        return True
+    except Exception as exc:  # noqa: BLE001 — any failure means: reconnect
+        log.warning("the Ray driver lost its cluster (%s: %s); reconnecting", type(exc).__name__, exc)
+        return False
+
+
+def _forget_cluster(why: str) -> None:
+    """Disconnect this process's Ray driver (if any) so the next call runs ray.init afresh.
+
+    ray.shutdown() runs in a thread we wait for at most SHUTDOWN_TIMEOUT_S: a reconcile tick must
+    never hang on a dead cluster. Serve's cached controller client is dropped too: it survives
+    ray.shutdown(), and a new cluster's first driver gets the same job id, so Serve would keep
+    using the dead controller's handle.
+    """
+    import ray
+
+    with _connect_lock:
+        if _connecting is not None and _connecting.is_alive():
+            return  # an init in progress: its outcome decides; nothing of ours to shut down yet
+        if not ray.is_initialized():
+            return
+        log.warning("disconnecting the Ray driver: %s", why)
+        done = threading.Thread(target=ray.shutdown, name="gantry-ray-shutdown", daemon=True)
+        done.start()
+        done.join(SHUTDOWN_TIMEOUT_S)
+        if done.is_alive():
+            log.error("ray.shutdown() did not return within %g s", SHUTDOWN_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            from ray.serve import context as serve_context
+
+            serve_context._set_global_client(None)
 
 
 def _gcs_endpoint(address: str) -> tuple[str, int] | None:
@@ -382,6 +443,11 @@ def _cluster_errors() -> Iterator[None]:
         yield
     except ServeUnavailable:
         raise
+    except ray.exceptions.AuthenticationError as exc:
+        # "WrongClusterID: Perhaps the client is accessing GCS after it has restarted": the head
+        # was replaced under this driver. Drop the driver; the next call connects to the new one.
+        _forget_cluster(f"{type(exc).__name__}: {exc}")
+        raise ServeUnavailable(f"the Ray cluster was replaced under this process ({exc}); reconnecting on the next call") from exc
     except unreachable as exc:
         raise ServeUnavailable(f"{type(exc).__name__}: {exc}") from exc
 

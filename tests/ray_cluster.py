@@ -105,7 +105,7 @@ def unused_shared_memory(candidates: set[Path]) -> list[Path]:
 
 
 class RayHead:
-    def __init__(self) -> None:
+    def __init__(self, *, gcs_port: int | None = None, dashboard_port: int | None = None, serve_port: int | None = None) -> None:
         RAY_TEMP_ROOT.mkdir(parents=True, exist_ok=True)
         # Short: Ray's socket paths live under it and Unix sockets allow ~107 characters.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="t", dir=RAY_TEMP_ROOT))
@@ -113,11 +113,16 @@ class RayHead:
         # /dev/shm/psm_*) and a loky semaphore behind when Ray stops a replica; what this session
         # adds is removed after it, so repeated runs do not eat the machine's memory.
         self.shared_memory_before = engine_shared_memory()
-        self.gcs_port, self.dashboard_port, self.serve_port = free_port(), free_port(), free_port()
+        self.gcs_port = gcs_port or free_port()
+        self.dashboard_port = dashboard_port or free_port()
+        self.serve_port = serve_port or free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
-        self.log = open(self.temp_dir / "ray-start.log", "wb")
-        self.process = subprocess.Popen(
+        self.log = open(self.temp_dir / "ray-start.log", "ab")
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen(
             [
                 str(RAY), "start", "--head", "--block", f"--port={self.gcs_port}",
                 "--num-cpus=16", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
@@ -130,6 +135,24 @@ class RayHead:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+
+    def crash(self) -> list[int]:
+        """SIGKILL the head's whole process tree at once, as a crashed or lost machine would, and
+        wait until every process of it is gone. Returns the pids it killed."""
+        pids = process_tree(self.process.pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        wait_for("the crashed head's processes to be gone", lambda: not any(_alive(pid) for pid in pids), 60, 0.5)
+        return pids
+
+    def restart(self) -> None:
+        """Start a fresh head (a new cluster, empty GCS) on the SAME GCS, dashboard and Serve ports,
+        as an operator or a supervisor would after a crash; call wait_until_up() after it."""
+        if self.process.poll() is None:
+            stop_tree(process_tree(self.process.pid))
+        self.process = self._start()
 
     def wait_until_up(self) -> None:
         def dashboard_answers() -> bool:
@@ -146,6 +169,14 @@ class RayHead:
         for segment in unused_shared_memory(engine_shared_memory() - self.shared_memory_before):
             segment.unlink(missing_ok=True)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Still a process (a zombie counts as gone: it holds no port and runs nothing)."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 # --- What tests look at ---------------------------------------------------------------------------
