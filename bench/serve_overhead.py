@@ -19,8 +19,9 @@ In one run, with the real CPU engine and the tiny model (built here, offline):
    router, and of Serve's controller and proxy changed (replica id, actor id and PID), while a
    thread keeps calling A through the router.
 
-    .venv/bin/python bench/serve_overhead.py                 # ~8 min on the 2-core dev machine
-    .venv/bin/python bench/serve_overhead.py --rounds 1      # Gantry once, raw once (~5 min)
+    .venv/bin/python bench/serve_overhead.py                 # ~7.5 min on the 2-core dev machine
+    .venv/bin/python bench/serve_overhead.py --rounds 1      # raw once, Gantry once (~5 min)
+    .venv/bin/python bench/serve_overhead.py --tick 2 --no-restarts   # fewer ticks, no restart check
 
 It never touches another Ray head: it starts its own on free ports (tests/ray_cluster.py) and stops
 only the processes it started. The scratch database, the model and the head's temp dir are removed.
@@ -146,9 +147,6 @@ class Api:
 
     def delete(self, key: str) -> dict:
         return self._check(self.client.delete(f"/api/v2/serve/models/{key}"), 202)
-
-    def get(self, key: str) -> dict:
-        return self._check(self.client.get(f"/api/v2/serve/models/{key}"), 200)
 
     def base_url(self) -> str:
         return self._check(self.client.get("/api/v2/serve/models"), 200)["openai_base_url"]
@@ -343,10 +341,10 @@ def raw_round(name: str, model_source: Path, serve_port: int, n: int) -> dict:
     """The same LLM config deployed with plain Serve: build_llm_deployment, the very application Gantry
     applies, timed until Serve reports it RUNNING. serve.run would block until then too but polls only
     every 1 s; serve.run_many(wait_for_applications_running=False) and the same status read every
-    0.1 s is the tighter baseline. A bare LLMServer answers no HTTP in
-    Ray 2.60 (no __call__ outside the experimental direct-streaming mode), so for the requests Ray's
-    own OpenAiIngress — what build_openai_app puts in front of it — is then deployed as an
-    application of its own on /<name>, bound to that LLMServer's handle, and is not timed."""
+    0.1 s is the tighter baseline. A bare LLMServer answers no HTTP in Ray 2.60 (no __call__ outside
+    the experimental direct-streaming mode), so for the requests Ray's own OpenAiIngress — what
+    build_openai_app puts in front of it — is then deployed as an application of its own on /<name>,
+    bound to that LLMServer's handle, and is not timed."""
     from django.conf import settings
     from ray import serve
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
