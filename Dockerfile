@@ -7,4 +7,5 @@ RUN pip install --no-cache-dir -r requirements.txt -r requirements-gpu.txt
 COPY . .
 RUN mkdir -p "$GANTRY_VAR_DIR" && SECRET_KEY=build-only python manage.py collectstatic --noinput -v0
 EXPOSE 8080
-CMD ["gunicorn", "dashboard.wsgi:application", "--bind", "0.0.0.0:8080", "--workers", "4", "--threads", "4"]
+# Bind, workers, threads, timeout and keep-alive: gunicorn.conf.py.
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "dashboard.wsgi:application"]

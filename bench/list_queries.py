@@ -1,8 +1,9 @@
 """How the model list (API and page) scales with the number of models.
 
 Creates 10, 100 and 1,000 models (3 events each) in a scratch database, then times
-GET /api/v2/serve/models and GET /serving/ and counts their SQL queries. Prints each size's
-figures and its ratio to the smallest size, measured in the same run.
+GET /api/v2/serve/models (its first page, the largest page, and a page reached by cursor) and
+GET /serving/, and counts their SQL queries and response bytes. Prints each size's figures and
+its ratio to the smallest size, measured in the same run.
 
     .venv/bin/python bench/list_queries.py                      # scratch SQLite
     DATABASE_URL=postgres://postgres@127.0.0.1/gantry_bench .venv/bin/python bench/list_queries.py
@@ -40,30 +41,17 @@ def grow_to(owner, target: int) -> None:
     from django.utils import timezone
 
     from serving.models import ServeEvent, ServeModel
+    from tests.serving.factories import bulk_models
 
     have = ServeModel.objects.count()
-    now = timezone.now()
-    new = [
-        ServeModel(
-            model_key=f"bench-{i}",
-            model_id=f"bench-{i}",
-            owner=owner,
-            suffix=f"m{i}",
-            spec_yaml="model_id: m\n",
-            resolved_spec={"model_id": f"bench-{i}", "suffix": f"m{i}", "model_source": "/hf/m", "num_replicas": 1, "gpus_per_replica": 1, "engine_kwargs": {}},
-            state=["QUEUED", "DEPLOYING", "RUNNING", "FAILED"][i % 4],
-            created_at=now,
-        )
-        for i in range(have, target)
-    ]
-    created = ServeModel.objects.bulk_create(new, batch_size=500)
+    created = bulk_models(owner, target - have, start=have, at=timezone.now(), states=("QUEUED", "DEPLOYING", "RUNNING", "FAILED"))
     ServeEvent.objects.bulk_create(
         [ServeEvent(model=m, model_key=m.model_key, public_id=m.model_id, owner_name=owner.username, kind="SERVE_STATUS", message=f"event {k}") for m in created for k in range(3)],
         batch_size=1000,
     )
 
 
-def measure(client, url: str, repeats: int) -> tuple[int, float, float]:
+def measure(client, url: str, repeats: int) -> tuple[int, int, float, float]:
     from django.db import connection
 
     executed = []
@@ -74,7 +62,8 @@ def measure(client, url: str, repeats: int) -> tuple[int, float, float]:
 
     # An execute wrapper sees every query, whatever DEBUG says and whatever the request signals reset.
     with connection.execute_wrapper(count):
-        assert client.get(url).status_code == 200
+        first = client.get(url)
+        assert first.status_code == 200
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -82,7 +71,12 @@ def measure(client, url: str, repeats: int) -> tuple[int, float, float]:
         timings.append((time.perf_counter() - started) * 1000)
         assert response.status_code == 200
     timings.sort()
-    return len(executed), statistics.median(timings), timings[int(len(timings) * 0.95) - 1]
+    return len(executed), len(first.content), statistics.median(timings), timings[int(len(timings) * 0.95) - 1]
+
+
+def second_page(client) -> str:
+    """The API's page after the first, by the cursor its `next` link carries (the first, when one page holds all)."""
+    return client.get("/api/v2/serve/models").json()["next"] or "/api/v2/serve/models"
 
 
 def main() -> None:
@@ -99,17 +93,22 @@ def main() -> None:
     owner = get_user_model().objects.create_user("bench", password="x")
     client = Client()
     client.force_login(owner)
-    urls = {"API  /api/v2/serve/models": "/api/v2/serve/models", "page /serving/ (50 a page)": "/serving/"}
+    urls = {
+        "API  first page (100)": lambda: "/api/v2/serve/models",
+        "API  ?limit=500 (largest)": lambda: "/api/v2/serve/models?limit=500",
+        "API  page 2 by cursor": lambda: second_page(client),
+        "page /serving/ (50 a page)": lambda: "/serving/",
+    }
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"database: {connection.vendor}; {args.repeats} requests per figure; ratios are against {sizes[0]} models\n")
-    print(f"{'endpoint':<28} {'models':>7} {'queries':>8} {'p50 ms':>8} {'p95 ms':>8} {'p50 ratio':>10}")
+    print(f"{'endpoint':<28} {'models':>7} {'queries':>8} {'bytes':>9} {'p50 ms':>8} {'p95 ms':>8} {'p50 ratio':>10}")
     baseline: dict[str, float] = {}
     for size in sizes:
         grow_to(owner, size)
         for label, url in urls.items():
-            count, p50, p95 = measure(client, url, args.repeats)
+            count, size_bytes, p50, p95 = measure(client, url(), args.repeats)
             baseline.setdefault(label, p50)
-            print(f"{label:<28} {size:>7} {count:>8} {p50:>8.1f} {p95:>8.1f} {p50 / baseline[label]:>9.2f}x")
+            print(f"{label:<28} {size:>7} {count:>8} {size_bytes:>9} {p50:>8.1f} {p95:>8.1f} {p50 / baseline[label]:>9.2f}x")
 
 
 if __name__ == "__main__":

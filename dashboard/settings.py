@@ -118,6 +118,11 @@ def _database() -> dict:
     if config["ENGINE"].endswith("sqlite3"):
         # A web process, a worker and beat share the file: wait for the lock instead of failing.
         config.setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+        # Tests on SQLite use a file beside it, not Django's in-memory default: threads and
+        # processes then share it (and its locking) exactly as Gantry's own processes do.
+        if config.get("NAME") and config["NAME"] != ":memory:":
+            name = Path(config["NAME"])
+            config["TEST"] = {"NAME": str(name.with_name(f"test_{name.name}"))}
     else:
         config.setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
     return config
@@ -175,6 +180,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
         # Broadcast (worker control) state; kombu's default is ./control in whatever the cwd is.
         "control_folder": str(_broker_dir / "control"),
+        # kombu polls the folder once a second by default: a change would wait up to that long.
+        "polling_interval": 0.1,
     }
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
@@ -212,6 +219,14 @@ GANTRY_SERVE_CLIENT = env_str("GANTRY_SERVE_CLIENT", "serving.client.RayServeCli
 GANTRY_DEPLOY_TIMEOUT_S = env_int("GANTRY_DEPLOY_TIMEOUT_S", 900, minimum=1)
 GANTRY_PENDING_TIMEOUT_S = env_int("GANTRY_PENDING_TIMEOUT_S", 1800, minimum=1)
 GANTRY_RECONCILE_INTERVAL_S = env_int("GANTRY_RECONCILE_INTERVAL_S", 10, minimum=1)
+# While a model is DEPLOYING or DELETING the reconciler looks again this soon, instead of waiting
+# for beat: Gantry says RUNNING within about this long of Serve.
+GANTRY_RECONCILE_FOLLOWUP_MS = env_int("GANTRY_RECONCILE_FOLLOWUP_MS", 500, minimum=50)
+# Every call to Serve is bounded by this; the reconcile task by the time limit (soft; hard = +30 s).
+GANTRY_SERVE_CALL_TIMEOUT_S = env_int("GANTRY_SERVE_CALL_TIMEOUT_S", 60, minimum=1)
+GANTRY_RECONCILE_TIME_LIMIT_S = env_int("GANTRY_RECONCILE_TIME_LIMIT_S", 300, minimum=10)
+# How often leaked /dev/shm segments of stopped replicas are looked for on every Ray node.
+GANTRY_SHM_REAP_INTERVAL_S = env_int("GANTRY_SHM_REAP_INTERVAL_S", 600, minimum=10)
 
 # Periodic work; each app's issue adds its own entries (reconcile, probes).
 CELERY_BEAT_SCHEDULE: dict = {

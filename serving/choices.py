@@ -10,6 +10,8 @@ class State(models.TextChoices):
     DELETED = "DELETED"
 
 
+# What the reconciler looks at again within about a second rather than at the next beat.
+MOVING_STATES = frozenset({State.DEPLOYING, State.DELETING})
 LIVE_STATES = frozenset({State.QUEUED, State.DEPLOYING, State.RUNNING, State.FAILED})
 # Nothing will happen to a model in these states until a person acts: pages stop polling them.
 TERMINAL_STATES = frozenset({State.RUNNING, State.FAILED, State.DELETED})
@@ -44,3 +46,5 @@ class EventKind(models.TextChoices):
     DELETED = "DELETED"
     UNKNOWN_APPLICATION = "UNKNOWN_APPLICATION"
     SERVE_UNAVAILABLE = "SERVE_UNAVAILABLE"
+    RECONCILE_ERROR = "RECONCILE_ERROR"
+    LEAK_REMOVED = "LEAK_REMOVED"

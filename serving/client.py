@@ -84,7 +84,10 @@ class ClusterResources:
     free_gpus: float
     total_cpus: float
     free_cpus: float
-    nodes: tuple[dict, ...] = ()
+    nodes: tuple[dict, ...] = ()  # alive nodes: node_id, address, cpus, gpus, free_gpus, accelerator_types, memory_gb
+    # GPUs held by placement groups Serve has created, per application: what Ray's free count
+    # already reflects (the GPU pre-check counts the rest of an apply as promised, not yet placed).
+    reserved_gpus: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -93,7 +96,51 @@ class ClusterResources:
             "total_cpus": self.total_cpus,
             "free_cpus": self.free_cpus,
             "nodes": list(self.nodes),
+            "reserved_gpus": dict(self.reserved_gpus),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ClusterResources":
+        return cls(
+            float(data.get("total_gpus", 0)),
+            float(data.get("free_gpus", 0)),
+            float(data.get("total_cpus", 0)),
+            float(data.get("free_cpus", 0)),
+            tuple(data.get("nodes", ())),
+            dict(data.get("reserved_gpus", {})),
+        )
+
+    def free_nodes(self) -> list[dict]:
+        """Nodes with their free GPUs; a client that reports no nodes is one node with the cluster's."""
+        if self.nodes:
+            return [{"node_id": n.get("node_id", ""), "free_gpus": float(n.get("free_gpus", n.get("gpus", 0)))} for n in self.nodes]
+        return [{"node_id": "cluster", "free_gpus": self.free_gpus}]
+
+
+def call_with_timeout(function, *args, timeout_s: float, what: str = "", **kwargs):
+    """Run one call to Serve with a bound: Ray's calls (serve.status, serve.run, a controller that
+    is restarting) can block forever, and a reconcile tick must end. Past the bound the call is left
+    running in its thread (Ray offers no way to cancel it) and ServeUnavailable is raised."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
+            outcome["error"] = exc
+        finally:
+            from django.db import connections
+
+            connections.close_all()  # this thread's own connections, if the call used any
+
+    thread = threading.Thread(target=run, name=f"gantry-serve-{what or getattr(function, '__name__', 'call')}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise ServeUnavailable(f"Serve did not answer {what or getattr(function, '__name__', 'a call')} within {timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class ServeClient(abc.ABC):
@@ -121,6 +168,17 @@ class ServeClient(abc.ABC):
     def cluster_resources(self) -> ClusterResources:
         """GPUs and CPUs in the cluster, in total and free."""
 
+    def reap_shared_memory(self) -> list[dict]:
+        """Remove the shared-memory segments stopped replicas left behind on the cluster's machines
+        (serving/shm.py); one dict per segment removed: node_id, name, bytes (apparent),
+        resident_bytes, age_s. A client without machines of its own removes nothing."""
+        return []
+
+    def failure_cause(self, model_key: str, limit: int = 2000) -> str:
+        """What the engine said when `model_key`'s replicas failed to start, in a few lines of at
+        most `limit` characters; "" when this client cannot tell. Never raises."""
+        return ""
+
 
 def get_client() -> ServeClient:
     return import_string(settings.GANTRY_SERVE_CLIENT)()
@@ -140,6 +198,9 @@ class RayServeClient(ServeClient):
     CONNECT_TIMEOUT_S = 20.0
     # The router imports vLLM when its replica starts (~10 s on 2 cores); ensure_started waits for it.
     ROUTER_START_TIMEOUT_S = 180.0
+    # The dashboard's scale endpoint: each try's timeout, and the pauses between tries.
+    SCALE_TIMEOUT_S = 10.0
+    SCALE_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 
     def ensure_started(self, http_port: int = 8000, *, wait: bool = True) -> None:
         """Connect, start Serve's HTTP proxies on `http_port`, and deploy the router once.
@@ -198,15 +259,19 @@ class RayServeClient(ServeClient):
     def cluster_resources(self) -> ClusterResources:
         self._connect()
         import ray
+        from ray._private.state import available_resources_per_node
 
         with _cluster_errors():
             total, free, nodes = ray.cluster_resources(), ray.available_resources(), ray.nodes()
+            free_by_node = available_resources_per_node()
+            groups = ray.util.placement_group_table()
         return ClusterResources(
             total_gpus=float(total.get("GPU", 0)),
             free_gpus=float(free.get("GPU", 0)),
             total_cpus=float(total.get("CPU", 0)),
             free_cpus=float(free.get("CPU", 0)),
-            nodes=tuple(_node_summary(node) for node in nodes if node.get("Alive")),
+            nodes=tuple(_node_summary(node, free_by_node.get(node.get("NodeID", ""), {})) for node in nodes if node.get("Alive")),
+            reserved_gpus=_reserved_gpus_by_app(groups),
         )
 
     # --- Connecting and starting ---------------------------------------------------------------
@@ -279,21 +344,142 @@ class RayServeClient(ServeClient):
             headers={"Content-Type": "application/json"},
             method="POST",
         )
+        for attempt, pause in enumerate((*self.SCALE_RETRY_PAUSES_S, None), start=1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.SCALE_TIMEOUT_S) as response:
+                    response.read()
+                return True
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace")[:500]
+                if exc.code in (404, 412):  # not found, or deployed without the external scaler
+                    log.info("scaling %s in place was refused (%s %s); redeploying it instead", model_key, exc.code, detail)
+                    return False
+                if exc.code < 500 or pause is None:
+                    tries = f" (after {attempt} tries)" if attempt > 1 else ""
+                    raise RuntimeError(f"The Ray dashboard refused to scale {model_key} to {target} replica(s){tries}: HTTP {exc.code} {detail}") from None
+                failure = f"HTTP {exc.code} {detail}"
+            except (urllib.error.URLError, OSError) as exc:
+                if pause is None:
+                    raise ServeUnavailable(
+                        f"the Ray dashboard at {base} does not answer ({exc}, {attempt} tries); it scales models in place. "
+                        "Check RAY_DASHBOARD_URL and that the dashboard runs on the head node."
+                    ) from None
+                failure = str(exc)
+            # A 5xx or a timeout is usually the dashboard restarting or busy: worth another try
+            # before the change is called refused.
+            log.warning("scaling %s: the Ray dashboard answered %s; retrying in %g s", model_key, failure, pause)
+            time.sleep(pause)
+        return False  # not reached: the last attempt returns or raises
+
+
+    # --- Housekeeping and diagnosis ---------------------------------------------------------------
+
+    # A node's sweep is a few /proc reads; one that has not answered by then is skipped this time.
+    REAP_TIMEOUT_S = 30.0
+    # Reading why a deploy failed: the whole budget, each state-API call's own bound, and how much
+    # of a replica's log is read (the engine's traceback sits a few dozen lines above its end).
+    FAILURE_CAUSE_TIMEOUT_S = 15.0
+    STATE_API_TIMEOUT_S = 5
+    FAILURE_LOG_LINES = 1000
+    FAILED_REPLICAS_READ = 3
+
+    def reap_shared_memory(self) -> list[dict]:
+        """Run serving/shm.py's sweep on every alive Ray node at once (the engine's processes run
+        there, not here) and return what it removed, each segment with its node's id.
+
+        A node whose sweep fails or does not finish within REAP_TIMEOUT_S is logged and skipped;
+        the next sweep takes it up. ServeUnavailable when the cluster cannot be reached.
+        """
+        self._connect()
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from serving import shm
+
+        # Shipped by value, like the router: Ray's nodes do not have Gantry's code. num_cpus=0 so
+        # a cluster whose CPUs are all held by replicas still runs it.
+        ray.cloudpickle.register_pickle_by_value(shm)
+        sweep = ray.remote(num_cpus=0, max_retries=0)(shm.sweep)
+        with _cluster_errors():
+            nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+            pending = {
+                sweep.options(
+                    name="gantry-reap-shared-memory",
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                ).remote(): node_id
+                for node_id in nodes
+            }
+            done, late = ray.wait(list(pending), num_returns=len(pending), timeout=self.REAP_TIMEOUT_S)
+        removed: list[dict] = []
+        for ref in done:
+            try:
+                removed += [{"node_id": pending[ref], **segment} for segment in ray.get(ref, timeout=self.REAP_TIMEOUT_S)]
+            except Exception as exc:  # noqa: BLE001 — one node's failure must not hide the others'
+                log.warning("the shared-memory sweep failed on node %s: %s: %s", pending[ref], type(exc).__name__, exc)
+        for ref in late:
+            log.warning("node %s did not finish its shared-memory sweep within %g s; skipped", pending[ref], self.REAP_TIMEOUT_S)
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        return removed
+
+    def failure_cause(self, model_key: str, limit: int = 2000) -> str:
+        """The lines of a failed replica's log that say why `model_key` did not start.
+
+        Serve's DEPLOY_FAILED message ends in "See root cause above": the engine's own exception (no
+        weights, out of memory, an unsupported architecture) is only in the log of the replica
+        that died. This reads the newest dead replicas' log tails through Ray's state API and keeps
+        the exception lines that name a cause. Bounded by FAILURE_CAUSE_TIMEOUT_S; never raises
+        ("" and a log line when it cannot tell: the failure is recorded either way).
+        """
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                response.read()
-            return True
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
-            if exc.code in (404, 412):  # not found, or deployed without the external scaler
-                log.info("scaling %s in place was refused (%s %s); redeploying it instead", model_key, exc.code, detail)
-                return False
-            raise RuntimeError(f"The Ray dashboard refused to scale {model_key} to {target} replica(s): HTTP {exc.code} {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ServeUnavailable(
-                f"the Ray dashboard at {base} does not answer ({exc}); it scales models in place. "
-                "Check RAY_DASHBOARD_URL and that the dashboard runs on the head node."
-            ) from None
+            self._connect()
+            cause = call_with_timeout(self._failure_cause, model_key, timeout_s=self.FAILURE_CAUSE_TIMEOUT_S, what="failure_cause")
+        except Exception as exc:  # noqa: BLE001 — see above
+            log.warning("could not read why %s failed from its replicas' logs: %s: %s", model_key, type(exc).__name__, exc)
+            return ""
+        return cause if len(cause) <= limit else cause[: max(limit - 1, 0)] + "…"
+
+    def _failure_cause(self, model_key: str) -> str:
+        from ray import serve
+        from ray.util.state import get_log, list_actors, list_workers
+
+        timeout = self.STATE_API_TIMEOUT_S
+        app = serve.status().applications.get(model_key)
+        if app is None:
+            return ""
+        # Serve 2.60 names a replica's actor class ServeReplica:<app>:<deployment> (seen on a real
+        # cluster); filtering on the exact name keeps the query small on a cluster with a long past.
+        dead = [
+            actor
+            for deployment in app.deployments
+            for actor in list_actors(
+                filters=[("class_name", "=", f"ServeReplica:{model_key}:{deployment}"), ("state", "=", "DEAD")],
+                detail=True, limit=10_000, timeout=timeout, raise_on_missing_output=False,
+            )
+        ]
+        if not dead:
+            return ""
+        # Newest first: a model that failed before for another reason has older dead replicas too.
+        # Actors carry no end time; the workers that ran them do.
+        ended = {
+            (worker.node_id, worker.pid): worker.end_time_ms or 0
+            for worker in list_workers(
+                filters=[("worker_type", "=", "WORKER"), ("is_alive", "=", "False")],
+                detail=True, limit=10_000, timeout=timeout, raise_on_missing_output=False,
+            )
+        }
+        dead.sort(key=lambda actor: ended.get((actor.node_id, actor.pid), 0), reverse=True)
+        for actor in dead[: self.FAILED_REPLICAS_READ]:
+            text = ""
+            for suffix in ("out", "err"):  # vLLM's engine logs to stdout, Python's tracebacks go to stderr
+                try:
+                    text += "".join(get_log(actor_id=actor.actor_id, tail=self.FAILURE_LOG_LINES, suffix=suffix, timeout=timeout, filter_ansi_code=True))
+                except Exception as exc:  # noqa: BLE001 — a log gone with its node: try the next replica
+                    log.info("no %s log for replica %s of %s: %s", suffix, actor.actor_id, model_key, exc)
+            cause = root_cause(text) or _death_cause(actor.death_cause)
+            if cause:
+                return cause
+        return ""
 
 
 # --- Module-level helpers: one Ray driver per process --------------------------------------------
@@ -505,7 +691,7 @@ def _app_status(name: str, app: Any) -> AppStatus:
     )
 
 
-def _node_summary(node: dict) -> dict:
+def _node_summary(node: dict, free: dict) -> dict:
     resources = node.get("Resources", {})
     accelerators = sorted(key.split(":", 1)[1] for key in resources if key.startswith("accelerator_type:"))
     return {
@@ -513,6 +699,54 @@ def _node_summary(node: dict) -> dict:
         "address": node.get("NodeManagerAddress", ""),
         "cpus": float(resources.get("CPU", 0)),
         "gpus": float(resources.get("GPU", 0)),
+        "free_gpus": float(free.get("GPU", 0)),
         "accelerator_types": accelerators,
         "memory_gb": round(float(resources.get("memory", 0)) / 2**30, 1),
     }
+
+
+# Serve names each replica's placement group after the replica actor: SERVE_REPLICA::<app>#<deployment>#<id>.
+_REPLICA_GROUP_PREFIX = "SERVE_REPLICA::"
+
+
+def _reserved_gpus_by_app(groups: dict) -> dict[str, float]:
+    reserved: dict[str, float] = {}
+    for group in groups.values():
+        name = group.get("name") or ""
+        if group.get("state") != "CREATED" or not name.startswith(_REPLICA_GROUP_PREFIX):
+            continue
+        app = name[len(_REPLICA_GROUP_PREFIX):].split("#", 1)[0]
+        gpus = sum(float(bundle.get("GPU", 0)) for bundle in (group.get("bundles") or {}).values())
+        reserved[app] = reserved.get(app, 0.0) + gpus
+    return reserved
+
+
+# --- Reading a failed replica's log -----------------------------------------------------------------
+
+# vLLM's engine processes log through the replica with a prefix of their own, e.g.
+# "(EngineCore pid=13535) ERROR 12-01 09:13:14 [core.py:1510] ".
+_ENGINE_LOG_PREFIX = re.compile(r"^\(\w+ pid=\d+\)\s*(?:(?:DEBUG|INFO|WARNING|ERROR|CRITICAL) [\d-]+ [\d:]+ \[[^\]]*\]\s?)?")
+# The last line of a Python traceback: "RuntimeError: …", "torch.OutOfMemoryError: …", "ray.exceptions.RayTaskError(ValueError): …".
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception)\w*(?:\([\w.]*\))?: \S")
+# Wrappers that only point at another exception ("See root cause above", "See stack trace for root cause").
+_POINTS_ELSEWHERE = re.compile(r"root cause|see (?:the )?stack trace|see above", re.IGNORECASE)
+
+
+def root_cause(log_text: str, lines: int = 3) -> str:
+    """The exception lines of a log tail that name what failed, in the order they were raised
+    (the root first), without the wrappers that only say "see root cause above"; at most `lines`."""
+    causes: list[str] = []
+    for raw in log_text.splitlines():
+        line = _ENGINE_LOG_PREFIX.sub("", _plain(raw)).strip()
+        if _EXCEPTION_LINE.match(line) and not _POINTS_ELSEWHERE.search(line) and line not in causes:
+            causes.append(line)
+    return "\n".join(causes[-lines:])
+
+
+def _death_cause(death_cause: Any) -> str:
+    """Why Ray says the actor died, unless Serve killed it on purpose (which is how every failed
+    replica ends): the OOM killer or a lost node leave no exception in the log, only this."""
+    context = (death_cause or {}).get("actor_died_error_context") or {}
+    if context.get("reason") == "RAY_KILL":
+        return ""
+    return str(context.get("error_message") or "")

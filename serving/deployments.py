@@ -30,6 +30,7 @@ def _requeue_or_log(model: ServeModel, kind: str, message: str, actor) -> None:
     # A FAILED or DELETED model comes back to life through QUEUED; a live one just records the change.
     if model.state in (State.FAILED, State.DELETED):
         model.deadline = None
+        model.save()  # the user's fields; move_to writes only the state's
         model.move_to(State.QUEUED, kind, message, actor=actor)
     else:
         model.save()

@@ -12,7 +12,7 @@ from django.utils import timezone
 from serving import deployments
 from serving.engine import current_engine
 from serving.models import ServeModel
-from serving.spec import ENGINE_KWARGS_ALLOWED, MAX_GPUS_PER_REPLICA, MAX_REPLICAS, ResolvedSpec, Roots, SpecError, parse_spec_yaml, resolve_spec, validate_spec
+from serving.spec import ENGINE_KWARGS_ALLOWED, MAX_GPUS_PER_REPLICA, MAX_REPLICAS, ResolvedSpec, Roots, SpecError, YamlRefused, load_yaml, parse_spec_yaml, resolve_spec, shown, validate_spec, yaml_error_place, yaml_error_problem
 
 # Deploys the demo model as is (it lives at <GANTRY_HF_ROOT>/tiny-llama), so a first deploy needs no editing.
 EXAMPLE_SPEC = """\
@@ -38,9 +38,16 @@ def _number_or_text(value: str):
 
 def _scalar(text: str):
     try:
-        return yaml.safe_load(text) if text else None
+        return load_yaml(text) if text else None
+    except YamlRefused as exc:  # the place is within the one value: the whole field's would mislead
+        raise _engine_options_refused(exc, where="") from None
     except yaml.YAMLError:
         return text
+
+
+def _engine_options_refused(exc: YamlRefused, where: str) -> SpecError:
+    message = f"Engine options are refused{where}: {yaml_error_problem(exc)}."
+    return SpecError(400, "bad_engine_options", message, "engine_kwargs")
 
 
 def parse_engine_options(text: str):
@@ -56,14 +63,17 @@ def parse_engine_options(text: str):
         for match in filter(None, matches):
             key, raw = match.groups()
             if key in options:
-                raise SpecError(400, "bad_engine_options", f"Engine option {key!r} is given twice.", "engine_kwargs")
+                raise SpecError(400, "bad_engine_options", f"Engine option {shown(key)} is given twice.", "engine_kwargs")
             options[key] = _scalar(raw.strip())
         return options
+    # The spec's own loader, so the field refuses what the YAML tab refuses (aliases, a key twice).
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
+    except YamlRefused as exc:
+        raise _engine_options_refused(exc, yaml_error_place(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1}: {getattr(exc, 'problem', '')})" if mark else ""
+        where = f" (line {mark.line + 1}, column {mark.column + 1}: {yaml_error_problem(exc)})" if mark else ""
         raise SpecError(
             400,
             "bad_engine_options",

@@ -11,6 +11,11 @@ from django.utils import timezone
 from serving.choices import ALLOWED_MOVES, LIVE_STATES, TERMINAL_STATES, EventKind, State
 
 
+class ModelChanged(Exception):
+    """The row is no longer as the reconciler read it: a user's change arrived meanwhile. That
+    change wins; the reconciler writes nothing and takes the model up again on its next pass."""
+
+
 class IllegalTransition(Exception):
     """A move the state machine does not allow; the API turns it into a 409."""
 
@@ -70,7 +75,12 @@ class ServeModel(models.Model):
     class Meta:
         ordering = ["-updated_at"]
         constraints = [models.UniqueConstraint(fields=["owner", "suffix"], name="unique_suffix_per_owner")]
-        indexes = [models.Index(fields=["owner", "state"])]
+        indexes = [
+            models.Index(fields=["owner", "state"]),
+            # The list API pages newest first by a (created_at, id) keyset, per owner or for admins.
+            models.Index(fields=["owner", "-created_at", "-id"], name="serving_model_owner_newest"),
+            models.Index(fields=["-created_at", "-id"], name="serving_model_newest"),
+        ]
 
     def __str__(self) -> str:
         return self.model_id
@@ -101,20 +111,49 @@ class ServeModel(models.Model):
     def is_live(self) -> bool:
         return self.state in LIVE_STATES
 
-    def move_to(self, to_state: str, kind: str, message: str, *, actor=None, error: str | None = None, **payload) -> "ServeEvent":
-        """The one place a model changes state: checks the move, saves, and logs it in one transaction.
+    def move_to(
+        self,
+        to_state: str,
+        kind: str,
+        message: str,
+        *,
+        actor=None,
+        error: str | None = None,
+        expect_generation: int | None = None,
+        also: dict | None = None,
+        **payload,
+    ) -> "ServeEvent":
+        """The one place a model changes state: checks the move, writes it, and logs it in one transaction.
 
-        `error` sets error_summary (FAILED says why); any other move clears it.
+        The write is a conditional UPDATE of the state (and `expect_generation`, when given) this
+        object holds, touching only the state fields and `also`: a move decided on a row that
+        changed meanwhile raises ModelChanged and writes nothing, so it can never overwrite a
+        user's delete, scale or update. `error` sets error_summary (FAILED says why); any other
+        move clears it.
         """
         if to_state not in ALLOWED_MOVES[self.state]:
             raise IllegalTransition(self, to_state)
+        now = timezone.now()
+        fields = {"state": to_state, "state_changed_at": now, "error_summary": error or "", "updated_at": now, **(also or {})}
         with transaction.atomic():
+            rows = ServeModel.objects.filter(pk=self.pk, state=self.state)
+            if expect_generation is not None:
+                rows = rows.filter(generation=expect_generation)
+            if not rows.update(**fields):
+                raise ModelChanged(f"{self.model_id} changed since it was read; not moving it to {to_state}.")
             from_state = self.state
-            self.state = to_state
-            self.state_changed_at = timezone.now()
-            self.error_summary = error or ""
-            self.save()
+            for name, value in fields.items():
+                setattr(self, name, value)
             return ServeEvent.record(self, kind, message, actor=actor, from_state=from_state, to_state=to_state, **payload)
+
+    def update_if_unchanged(self, **fields) -> bool:
+        """Write reconciler-owned fields only if state and generation are still as read here."""
+        fields["updated_at"] = timezone.now()
+        written = ServeModel.objects.filter(pk=self.pk, state=self.state, generation=self.generation).update(**fields)
+        if written:
+            for name, value in fields.items():
+                setattr(self, name, value)
+        return bool(written)
 
     def log(self, kind: str, message: str, *, actor=None, **payload) -> "ServeEvent":
         """An event that does not change the state (a pending GPU check, a Serve message)."""
@@ -208,6 +247,44 @@ class Lease(models.Model):
     holder = models.CharField(max_length=128, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     rerun_requested = models.BooleanField(default=False)
+    # When the short follow-up reconcile (models mid-deploy) is due; one is scheduled at a time.
+    followup_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.name} held by {self.holder or 'nobody'}"
+
+
+# --- What Serve last said, for the web process ----------------------------------------------------
+# Pages and the API never ask Ray themselves (a web worker must not be a Ray driver, and must not
+# hang on a slow cluster): the reconciler writes what it read on every tick, with the time it read it.
+
+class ClusterSnapshot(models.Model):
+    """The cluster as the reconciler last read it (one row)."""
+
+    ONE = "cluster"
+
+    name = models.CharField(max_length=16, primary_key=True, default=ONE)
+    read_at = models.DateTimeField(null=True, blank=True, help_text="When Serve last answered.")
+    attempted_at = models.DateTimeField(null=True, blank=True, help_text="When the reconciler last asked.")
+    error = models.TextField(blank=True, help_text="Why the last attempt got no answer; empty when it did.")
+    resources = models.JSONField(default=dict, blank=True)
+    engine = models.CharField(max_length=8, blank=True, help_text="The engine chosen from the cluster's resources.")
+    reaped_at = models.DateTimeField(null=True, blank=True, help_text="When leaked shared memory was last looked for.")
+
+    def __str__(self) -> str:
+        return f"cluster as of {self.read_at}"
+
+    @classmethod
+    def current(cls) -> "ClusterSnapshot":
+        return cls.objects.filter(name=cls.ONE).first() or cls()
+
+
+class AppSnapshot(models.Model):
+    """One Serve application as the reconciler last read it (AppStatus.as_dict())."""
+
+    name = models.CharField(max_length=200, unique=True)
+    status = models.JSONField()
+    read_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.status.get('status')} as of {self.read_at}"

@@ -10,6 +10,9 @@ def _error(description: str) -> dict:
 
 _MODEL_KEY = {"name": "model_key", "in": "path", "required": True, "schema": {"type": "string"}}
 _AUTH_ERRORS = {"401": _error("Not logged in and no valid bearer token.")}
+# Every query parameter declared here is validated by serving/api.py: a value outside its schema is
+# this 400, with `field` naming the parameter.
+_BAD_PARAMETER = {"400": _error("A query parameter is outside its schema (`code` bad_parameter, `field` names it).")}
 
 
 def document() -> dict:
@@ -58,18 +61,22 @@ def document() -> dict:
                 "get": {
                     "summary": "Your models (admins: everyone's)",
                     "parameters": [
-                        {"name": "state", "in": "query", "schema": {"$ref": "#/components/schemas/State"}},
-                        {"name": "owner", "in": "query", "schema": {"type": "string"}, "description": "Admins only."},
-                        {"name": "include_deleted", "in": "query", "schema": {"type": "boolean"}},
+                        {"name": "state", "in": "query", "schema": {"$ref": "#/components/schemas/State"}, "description": "Only models in this state (any letter case). Without it, DELETED models are left out."},
+                        {"name": "owner", "in": "query", "schema": {"type": "string", "pattern": r"^[\w.@+-]{1,150}$"}, "description": "A username. Admins only; ignored for everyone else."},
+                        {"name": "include_deleted", "in": "query", "schema": {"type": "boolean"}, "description": "true/false or 1/0."},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}, "description": "Models per page."},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}, "description": "Opaque: where the page starts. Take it from `next`; pages stay right while models are added."},
                     ],
                     "responses": {
                         "200": {
-                            "description": "The models and the OpenAI base URL they answer at.",
+                            "description": "One page of models, newest first, and the OpenAI base URL they answer at.",
                             "content": {"application/json": {"schema": {"type": "object", "properties": {
                                 "items": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
+                                "next": {"type": ["string", "null"], "description": "The next page's URL (same filters, with `cursor`), or null on the last page."},
                                 "openai_base_url": {"type": "string"},
                             }}}},
                         },
+                        **_BAD_PARAMETER,
                         **_AUTH_ERRORS,
                     },
                 },
@@ -78,8 +85,8 @@ def document() -> dict:
                 "parameters": [_MODEL_KEY],
                 "get": {
                     "summary": "One model with its resolved spec, events (newest first, paged), revisions and live Serve status",
-                    "parameters": [{"name": "events_before", "in": "query", "schema": {"type": "integer"}, "description": "Event id from `events.next`."}],
-                    "responses": {"200": {"description": "The model.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelDetail"}}}}, "404": _error("Unknown, or not yours."), **_AUTH_ERRORS},
+                    "parameters": [{"name": "events_before", "in": "query", "schema": {"type": "integer", "minimum": 1}, "description": "Event id from `events.next`."}],
+                    "responses": {"200": {"description": "The model.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelDetail"}}}}, **_BAD_PARAMETER, "404": _error("Unknown, or not yours."), **_AUTH_ERRORS},
                 },
                 "patch": {
                     "summary": "Scale: change num_replicas (0 keeps the record and frees the GPUs)",

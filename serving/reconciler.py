@@ -1,18 +1,25 @@
 """Makes Serve match what users asked for, one model at a time, in one worker at a time.
 
 Each tick: claim the lease (a conditional UPDATE; two workers never both hold it), read Serve's
-status and the cluster's free GPUs once, then step every model that is not DELETED:
+status and the cluster's free GPUs once (and store them as the snapshot pages read), then step
+every model that is not DELETED:
 
-  QUEUED / changed spec -> GPU pre-check -> apply that model's application -> revision -> DEPLOYING
+  QUEUED / changed spec -> path and GPU pre-checks -> apply that model's application -> revision -> DEPLOYING
   DEPLOYING             -> RUNNING / FAILED from Serve's reported status, or FAILED at the deadline
-  RUNNING               -> re-apply if Serve lost the application; DEPLOYING if Serve says UNHEALTHY
+  RUNNING               -> DEPLOYING + re-apply if Serve lost the application, or if Serve says UNHEALTHY
   DELETING              -> delete the application -> DELETED once Serve no longer lists it
 
 and report applications Serve runs that Gantry does not know (never deleting them).
+
+Users change models at any moment, from other processes. So each model is read afresh when its
+step starts, and every write is conditional on the state and generation read (ServeModel.move_to,
+ServeModel.update_if_unchanged): a change that arrived meanwhile wins, and the next pass — at most
+a second away while anything moves — applies it. Every call to Serve is bounded in time.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import uuid
@@ -21,20 +28,30 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
-from serving.choices import EventKind, State
-from serving.client import ROUTER_APP, AppStatus, ServeClient, ServeUnavailable
-from serving.engine import llm_config_for
-from serving.models import Lease, ServeEvent, ServeModel, ServeRevision, config_hash
+from serving import snapshot
+from serving.choices import MOVING_STATES, EventKind, State
+from serving.client import ROUTER_APP, AppStatus, ServeClient, ServeUnavailable, call_with_timeout
+from serving.engine import engine_for_cluster, llm_config_for
+from serving.gpu_fit import GpuLedger
+from serving.models import ClusterSnapshot, Lease, ModelChanged, ServeEvent, ServeModel, ServeRevision, config_hash
+from serving.spec import Roots, SpecError, resolve_model_source
 
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "serving-reconciler"
-LEASE_TTL = timedelta(seconds=120)
 UNKNOWN_APP_REPORT_EVERY = timedelta(hours=24)
 APPLY_LISTING_GRACE_S = 30
+DRIFT_REASON = "drift repair: Serve had lost the application"
+
+
+def lease_ttl() -> timedelta:
+    """The lease is renewed before every Serve call, and each call is bounded: it only has to outlast
+    the longest call plus the database work around it, so a worker killed mid-tick blocks the
+    others for one TTL at most, and a slow tick never lets a second reconciler in."""
+    return timedelta(seconds=2 * settings.GANTRY_SERVE_CALL_TIMEOUT_S + 30)
 
 
 @dataclass
@@ -44,6 +61,8 @@ class TickReport:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     unknown_apps: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    serve_unavailable: bool = False
 
 
 # --- The lease --------------------------------------------------------------------------------
@@ -57,7 +76,7 @@ def claim_lease(holder: str) -> bool:
     claimed = (
         Lease.objects.filter(name=LEASE_NAME)
         .filter(Q(holder="") | Q(expires_at__lt=now))
-        .update(holder=holder, expires_at=now + LEASE_TTL, rerun_requested=False)
+        .update(holder=holder, expires_at=now + lease_ttl(), rerun_requested=False)
     )
     if not claimed:
         # The holder runs once more before it lets go, so this change is not left for the next beat.
@@ -66,7 +85,7 @@ def claim_lease(holder: str) -> bool:
 
 
 def renew_lease(holder: str) -> None:
-    Lease.objects.filter(name=LEASE_NAME, holder=holder).update(expires_at=timezone.now() + LEASE_TTL)
+    Lease.objects.filter(name=LEASE_NAME, holder=holder).update(expires_at=timezone.now() + lease_ttl())
 
 
 def release_lease(holder: str) -> bool:
@@ -75,9 +94,14 @@ def release_lease(holder: str) -> bool:
         return False
     return bool(
         Lease.objects.filter(name=LEASE_NAME, holder=holder).update(
-            rerun_requested=False, expires_at=timezone.now() + LEASE_TTL
+            rerun_requested=False, expires_at=timezone.now() + lease_ttl()
         )
     )
+
+
+# A tick that was asked to run again while it ran does so this many times at most in one task;
+# after that the follow-up task carries on, so one task never outlives its time limit.
+MAX_RERUNS = 3
 
 
 def reconcile(client: ServeClient, *, holder: str | None = None) -> TickReport:
@@ -86,12 +110,40 @@ def reconcile(client: ServeClient, *, holder: str | None = None) -> TickReport:
         return TickReport(ran=False, reason="another reconcile holds the lease; it will run once more")
     try:
         report = Tick(client, holder).run()
+        reruns = 0
         while release_lease(holder):
+            reruns += 1
+            if reruns > MAX_RERUNS:
+                Lease.objects.filter(name=LEASE_NAME, holder=holder).update(holder="", expires_at=None)
+                report.reason = report.reason or "rerun requested again; left to the follow-up"
+                break
             report = Tick(client, holder).run()
         return report
     except BaseException:
         Lease.objects.filter(name=LEASE_NAME, holder=holder).update(holder="", expires_at=None)
         raise
+
+
+def followup_due() -> bool:
+    """Whether to look again within about a second: something is moving, so beat's period is too slow."""
+    # Not a model still waiting to be applied (QUEUED, a RUNNING one's pending change, a DEPLOYING
+    # one Serve lost): those wait for GPUs, which free up on the cluster's schedule, not Gantry's;
+    # beat's period is the pace for them.
+    waiting_to_apply = Q(state=State.DEPLOYING, applied_config_hash="")
+    return ServeModel.objects.filter(state__in=MOVING_STATES).exclude(waiting_to_apply).exists()
+
+
+def claim_followup(delay_s: float) -> bool:
+    """One follow-up at a time, however many ticks (beat, changes, follow-ups) ask for one: the
+    first to move `followup_at` forward schedules it, the others see it already due."""
+    now = timezone.now()
+    try:
+        Lease.objects.get_or_create(name=LEASE_NAME)
+    except IntegrityError:
+        pass
+    due = now + timedelta(seconds=delay_s)
+    pending = Q(followup_at__isnull=True) | Q(followup_at__lte=now)
+    return bool(Lease.objects.filter(name=LEASE_NAME).filter(pending).update(followup_at=due))
 
 
 # --- One tick ---------------------------------------------------------------------------------
@@ -102,30 +154,64 @@ class Tick:
         self.holder = holder
         self.now = timezone.now()
         self.report = TickReport(ran=True)
+        self.unavailable: ServeUnavailable | None = None
+        self.left_serve = False  # a model's replicas stopped this tick (shared memory may have leaked)
+
+    def call(self, method: str, *args, **kwargs):
+        """Every call to Serve: bounded in time, and with the lease renewed first."""
+        renew_lease(self.holder)
+        function = getattr(self.client, method)
+        return call_with_timeout(function, *args, timeout_s=settings.GANTRY_SERVE_CALL_TIMEOUT_S, what=method, **kwargs)
 
     def run(self) -> TickReport:
         try:
             # Serve and the router come up with the first tick, so /v1/models answers before any
             # model exists; once they run this is one status read.
-            self.client.ensure_started(settings.GANTRY_SERVE_PORT, wait=False)
-            self.apps = self.client.status()
-            self.resources = self.client.cluster_resources()
+            self.call("ensure_started", settings.GANTRY_SERVE_PORT, wait=False)
+            self.apps = self.call("status")
+            self.resources = self.call("cluster_resources")
         except ServeUnavailable as exc:
             self.report.reason = f"Serve unavailable: {exc}"
-            waiting = ServeModel.objects.filter(state__in=[State.QUEUED, State.DEPLOYING, State.DELETING]).select_related("owner")
-            for model in waiting:
-                observe(model, EventKind.SERVE_UNAVAILABLE, f"Cannot reach Ray Serve ({exc}); will retry.")
+            self.report.serve_unavailable = True
+            snapshot.record_unavailable(str(exc), self.now)
+            self.tell_waiting(ServeModel.objects.filter(state__in=[State.QUEUED, State.DEPLOYING, State.DELETING]), exc)
             return self.report
-        self.free_gpus = self.resources.free_gpus
-        models = list(ServeModel.objects.reconcilable().select_related("owner").order_by("created_at", "id"))
-        for model in models:
-            renew_lease(self.holder)
-            try:
-                self.step(model)
-            except ServeUnavailable as exc:
-                observe(model, EventKind.SERVE_UNAVAILABLE, f"Cannot reach Ray Serve ({exc}); will retry.")
-        self.report_unknown_apps({m.model_key for m in models})
+        self.engine = engine_for_cluster(self.resources.total_gpus)
+        snapshot.record(self.apps, self.resources, self.engine, self.now)
+        self.ledger = self.gpu_ledger()
+        ids = list(ServeModel.objects.reconcilable().order_by("created_at", "id").values_list("pk", flat=True))
+        for position, pk in enumerate(ids):
+            if self.unavailable is not None:
+                waiting = ServeModel.objects.filter(pk__in=ids[position:], state__in=[State.QUEUED, State.DEPLOYING, State.DELETING])
+                self.tell_waiting(waiting, self.unavailable)
+                break
+            self.step_safely(pk)
+        self.report_unknown_apps(set(ServeModel.objects.reconcilable().values_list("model_key", flat=True)))
+        self.reap_shared_memory()
         return self.report
+
+    def step_safely(self, pk: int) -> None:
+        # Read afresh: a user may have changed it since the tick began (or since the last model's apply).
+        model = ServeModel.objects.select_related("owner").filter(pk=pk).exclude(state=State.DELETED).first()
+        if model is None:
+            return
+        try:
+            self.step(model)
+        except ModelChanged:
+            log.info("%s changed while it was reconciled; the change wins and is applied on the next pass", model.model_key)
+        except ServeUnavailable as exc:
+            self.unavailable = exc
+            self.report.reason = f"Serve unavailable: {exc}"
+            self.report.serve_unavailable = True
+            observe(model, EventKind.SERVE_UNAVAILABLE, f"Cannot reach Ray Serve ({exc}); will retry.")
+        except Exception as exc:  # noqa: BLE001 — one model's error must not stop the others
+            log.exception("reconciling %s failed", model.model_key)
+            self.report.errors.append(model.model_key)
+            observe(model, EventKind.RECONCILE_ERROR, f"Gantry could not reconcile this model ({type(exc).__name__}: {tail(str(exc), 500)}); it retries on the next pass.")
+
+    def tell_waiting(self, models, exc: ServeUnavailable) -> None:
+        for model in models.select_related("owner"):
+            observe(model, EventKind.SERVE_UNAVAILABLE, f"Cannot reach Ray Serve ({exc}); will retry.")
 
     def step(self, model: ServeModel) -> None:
         app = self.apps.get(model.model_key)
@@ -133,41 +219,64 @@ class Tick:
             return self.delete(model, app)
         if model.state == State.FAILED:
             return  # waits for a person: an update, a rollback or a delete
-        config = llm_config_for(model)
+        config = llm_config_for(model, engine=self.engine)
         digest = config_hash(config)
         changed = digest not in (model.applied_config_hash, model.rejected_config_hash)
         if model.state == State.QUEUED or changed:
             return self.apply(model, config, digest, app)
-        if model.change_reason:
+        if model.change_reason and model.update_if_unchanged(change_reason=""):
             # A change that came to the config already applied (or already refused): nothing to do.
-            model.change_reason = ""
-            model.save(update_fields=["change_reason", "updated_at"])
             model.log(EventKind.SERVE_STATUS, f"Generation {model.generation} asks for the config Serve already has; nothing to apply.")
         if model.state == State.DEPLOYING:
             return self.observe_deploy(model, app)
         if model.state == State.RUNNING:
-            return self.watch_running(model, config, digest, app)
+            return self.watch_running(model, app)
 
-    # QUEUED, or a changed spec: pre-check GPUs, apply, record the revision.
+    # QUEUED, or a changed spec: check the path and the GPUs, apply, record the revision.
     def apply(self, model: ServeModel, config: dict, digest: str, app: AppStatus | None) -> None:
         previous = model.revisions.first()
-        held = _gpus_of(previous) if (previous and app is not None) else 0
-        needed = model.gpus_needed - held
-        if needed > 0 and needed > self.free_gpus:
-            return self.wait_for_gpus(model)
+        try:
+            self.check_source(model)
+        except SpecError as exc:
+            return self.refuse(model, digest, f"model_source is no longer a folder you may serve: {exc.message}", previous, app)
+        replicas = self.replicas_to_place(model, previous, app)
+        if not self.ledger.fits(replicas, model.gpus_per_replica):
+            return self.wait_for_gpus(model, replicas)
         reason = model.change_reason or _reason(previous, digest, config)
         try:
             if model.num_replicas == 0:
-                self.client.delete_model(model.model_key)  # scale to zero: free the GPUs, keep the record
+                self.call("delete_model", model.model_key)  # scale to zero: free the GPUs, keep the record
+                self.left_serve = app is not None
             else:
-                self.client.apply_model(model.model_key, config, previous.config if (previous and app) else None)
+                self.call("apply_model", model.model_key, config, previous.config if (previous and app) else None)
         except ServeUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 — whatever Serve raised is the user's reason
-            return self.refuse(model, digest, tail(f"{type(exc).__name__}: {exc}"), previous)
+            return self.refuse(model, digest, tail(f"{type(exc).__name__}: {exc}"), previous, app)
+        self.ledger.take(replicas, model.gpus_per_replica)
+        self.record_applied(model, config, digest, reason, previous)
+        self.report.applied.append(model.model_key)
+
+    def check_source(self, model: ServeModel) -> None:
+        """The path jail again, at every apply: a folder checked at submit can since have become a
+        symlink into another user's root, and scale, drift repair and rollback all re-apply it."""
+        resolved = resolve_model_source(model.resolved_spec["model_source"], username=model.owner.username, roots=Roots.from_settings())
+        if resolved != model.resolved_spec["model_source"]:
+            raise SpecError(403, "forbidden_path", f"{model.resolved_spec['model_source']} now resolves to {resolved}; submit the spec again to serve that folder.", "model_source")
+
+    def replicas_to_place(self, model: ServeModel, previous: ServeRevision | None, app: AppStatus | None) -> int:
+        """Replicas that need GPUs they do not hold yet: all of them, or a scale-up's difference."""
+        if previous is None or app is None or _gpus_per_replica(previous) != model.gpus_per_replica:
+            return model.num_replicas
+        return max(model.num_replicas - _replicas(previous), 0)
+
+    def record_applied(self, model: ServeModel, config: dict, digest: str, reason: str, previous: ServeRevision | None) -> None:
         with transaction.atomic():
+            # Locked (and, on SQLite, the whole write is one IMMEDIATE transaction): no user change
+            # lands between this read and the write below.
+            current = ServeModel.objects.select_for_update().get(pk=model.pk)
             revision = ServeRevision.objects.create(
-                model=model,
+                model=current,
                 model_key=model.model_key,
                 number=(previous.number + 1) if previous else 1,
                 generation=model.generation,
@@ -177,100 +286,170 @@ class Tick:
                 reason=reason,
                 actor_name="reconciler",
             )
-            model.applied_config_hash, model.rejected_config_hash = digest, ""
-            model.change_reason, model.last_observation = "", ""
-            model.deadline = self.now + timedelta(seconds=settings.GANTRY_DEPLOY_TIMEOUT_S)
-            model.move_to(
-                State.DEPLOYING,
-                EventKind.APPLIED,
+            # What Serve now has is a fact whatever happened meanwhile; a pending change is the
+            # user's, and stays for the next pass unless it is the one just applied.
+            fields = {"applied_config_hash": digest, "rejected_config_hash": "", "last_observation": ""}
+            if current.generation == model.generation:
+                fields["change_reason"] = ""
+            message = (
                 f"Applied revision {revision.number} ({reason}): {model.num_replicas} replica(s) × "
-                f"{model.gpus_per_replica} GPU(s).",
-                revision=revision.number,
+                f"{model.gpus_per_replica} GPU(s)."
             )
-        self.free_gpus -= max(needed, 0)
-        self.report.applied.append(model.model_key)
+            if current.state == model.state:
+                fields["deadline"] = self.now + timedelta(seconds=settings.GANTRY_DEPLOY_TIMEOUT_S)
+                model.move_to(State.DEPLOYING, EventKind.APPLIED, message, also=fields, revision=revision.number)
+            else:
+                ServeModel.objects.filter(pk=model.pk).update(**fields)
+                current.log(
+                    EventKind.APPLIED,
+                    f"{message} Meanwhile the model became {current.state}; that change wins and is taken up next.",
+                    revision=revision.number,
+                )
 
-    def wait_for_gpus(self, model: ServeModel) -> None:
+    def wait_for_gpus(self, model: ServeModel, replicas: int) -> None:
         message = (
-            f"Needs {model.gpus_needed} GPU(s) ({model.num_replicas} replica(s) × {model.gpus_per_replica}); the "
-            f"cluster has {self.free_gpus:g} free of {self.resources.total_gpus:g}. Waiting for GPUs."
+            f"Needs {replicas * model.gpus_per_replica} GPU(s) ({replicas} replica(s) × {model.gpus_per_replica}, each "
+            f"replica's on one node); {self.ledger.describe()}. Waiting for GPUs."
         )
-        if model.state == State.QUEUED:
+        if model.state in (State.QUEUED, State.DEPLOYING):
             if model.deadline is None:
-                model.deadline = self.now + timedelta(seconds=settings.GANTRY_PENDING_TIMEOUT_S)
-                model.save(update_fields=["deadline", "updated_at"])
+                model.update_if_unchanged(deadline=self.now + timedelta(seconds=settings.GANTRY_PENDING_TIMEOUT_S))
             elif self.now >= model.deadline:
-                reason = f"No GPUs became free within {settings.GANTRY_PENDING_TIMEOUT_S} s. {message}"
-                model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason)
+                reason = f"No GPUs became free in time. {message}"
+                model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason, expect_generation=model.generation)
                 return
         observe(model, EventKind.PENDING_RESOURCES, message)
 
-    def refuse(self, model: ServeModel, digest: str, reason: str, previous: ServeRevision | None) -> None:
-        """The apply raised: Serve kept what it had, so the model says why and does not retry alone."""
-        model.rejected_config_hash = digest
-        model.change_reason = ""  # nothing is pending any more: it was refused
-        if model.state == State.RUNNING:
-            model.error_summary = f"Generation {model.generation} was not applied: {reason}"
-            model.save(update_fields=["rejected_config_hash", "change_reason", "error_summary", "updated_at"])
+    def refuse(self, model: ServeModel, digest: str, reason: str, previous: ServeRevision | None, app: AppStatus | None) -> None:
+        """The apply raised (or was not allowed): Serve kept what it had, so the model says why and
+        does not retry by itself. A model Serve still runs keeps serving; any other fails."""
+        if model.state == State.RUNNING and app is not None:
             still = f" Still serving revision {previous.number}." if previous else ""
-            model.log(EventKind.APPLY_FAILED, f"Serve refused generation {model.generation}: {reason}.{still}")
-        else:
-            model.save(update_fields=["rejected_config_hash", "change_reason", "updated_at"])
-            model.move_to(State.FAILED, EventKind.APPLY_FAILED, f"Applying to Serve failed: {reason}", error=reason)
+            summary = f"Generation {model.generation} was not applied: {reason}"
+            if model.update_if_unchanged(rejected_config_hash=digest, change_reason="", error_summary=summary):
+                model.log(EventKind.APPLY_FAILED, f"Serve refused generation {model.generation}: {reason}.{still}")
+            return
+        also = {"rejected_config_hash": digest, "change_reason": ""}
+        message = f"Applying to Serve failed: {reason}"
+        model.move_to(State.FAILED, EventKind.APPLY_FAILED, message, error=reason, expect_generation=model.generation, also=also)
 
     def observe_deploy(self, model: ServeModel, app: AppStatus | None) -> None:
         if model.num_replicas == 0:
             if app is None:
-                model.move_to(State.RUNNING, EventKind.RUNNING, "Scaled to zero: the Serve application is removed; the model and its revisions stay.")
+                model.move_to(State.RUNNING, EventKind.RUNNING, "Scaled to zero: the Serve application is removed; the model and its revisions stay.", expect_generation=model.generation)
+            else:
+                self.remove_scaled_to_zero(model, app)
             return
         if app is not None and app.status == "RUNNING" and app.running_replicas == model.num_replicas:
-            model.move_to(State.RUNNING, EventKind.RUNNING, f"Serve reports RUNNING with {app.running_replicas} replica(s).")
+            model.move_to(State.RUNNING, EventKind.RUNNING, f"Serve reports RUNNING with {app.running_replicas} replica(s).", expect_generation=model.generation)
             return
         if app is not None and app.status == "DEPLOY_FAILED":
             reason = f"Serve reports DEPLOY_FAILED: {tail(app.messages) or 'no message'}"
-            model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason)
+            cause = self.failure_cause(model)
+            if cause:
+                reason = f"{reason}\nRoot cause, from the replica's log: {cause}"
+            model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason, expect_generation=model.generation)
             return
         if app is None and self.lost_since_apply(model):
-            model.log(EventKind.DRIFT, "Serve no longer lists the application it was deploying (a restarted cluster?); re-applying it.")
-            model.change_reason = "drift repair: Serve had lost the application"
-            config = llm_config_for(model)
-            return self.apply(model, config, config_hash(config), app)
+            return self.reapply_lost(model, "Serve no longer lists the application it was deploying (a restarted cluster?); re-applying it.")
         said = f"Serve reports {app.status}: {tail(app.messages) or 'no message yet'}" if app else "Serve does not list the application yet."
         if model.deadline and self.now >= model.deadline:
             reason = f"Not RUNNING {settings.GANTRY_DEPLOY_TIMEOUT_S} s after it was applied. {said}"
-            model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason)
+            model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason, expect_generation=model.generation)
             return
         observe(model, EventKind.SERVE_STATUS, said)
+
+    def failure_cause(self, model: ServeModel) -> str:
+        """The failing replica's own words (Serve's message only says "see root cause above")."""
+        try:
+            return self.call("failure_cause", model.model_key) or ""
+        except Exception as exc:  # noqa: BLE001 — the cause is a courtesy; the failure is recorded anyway
+            log.warning("could not read the root cause of %s: %s", model.model_key, exc)
+            return ""
 
     def lost_since_apply(self, model: ServeModel) -> bool:
         """Serve lists an application as soon as it is applied; missing well after that, it was lost."""
         latest = model.revisions.first()
         return latest is not None and (self.now - latest.applied_at).total_seconds() > APPLY_LISTING_GRACE_S
 
-    def watch_running(self, model: ServeModel, config: dict, digest: str, app: AppStatus | None) -> None:
+    def reapply_lost(self, model: ServeModel, message: str) -> None:
+        """Serve runs nothing for this model: say so by state (DEPLOYING, not RUNNING), forget the
+        applied config (Serve no longer has it), and apply it again — now, or once GPUs are free
+        (waiting at most the pending timeout, then FAILED with the reason)."""
+        also = {
+            "applied_config_hash": "",
+            "last_observation": "",
+            "deadline": self.now + timedelta(seconds=settings.GANTRY_PENDING_TIMEOUT_S),
+        }
+        if not model.change_reason:
+            also["change_reason"] = DRIFT_REASON
+        model.move_to(State.DEPLOYING, EventKind.DRIFT, message, expect_generation=model.generation, also=also)
+        config = llm_config_for(model, engine=self.engine)
+        self.apply(model, config, config_hash(config), None)
+
+    def remove_scaled_to_zero(self, model: ServeModel, app: AppStatus) -> None:
+        if app.status == "DELETING":
+            return observe(model, EventKind.SERVE_STATUS, "Scaled to zero: Serve is removing the application.")
+        observe(model, EventKind.DRIFT, "Scaled to zero, but Serve still runs the application; removing it.")
+        self.call("delete_model", model.model_key)
+        self.left_serve = True
+
+    def watch_running(self, model: ServeModel, app: AppStatus | None) -> None:
         if model.num_replicas == 0:
+            if app is not None:
+                self.remove_scaled_to_zero(model, app)
             return
         if app is None:
-            model.log(EventKind.DRIFT, "Serve no longer runs this model's application (a restarted cluster?); re-applying it.")
-            model.change_reason = "drift repair: Serve had lost the application"
-            return self.apply(model, config, digest, app)
+            return self.reapply_lost(model, "Serve no longer runs this model's application (a restarted cluster?); re-applying it.")
         if app.status in ("UNHEALTHY", "DEPLOY_FAILED"):
-            model.deadline = self.now + timedelta(seconds=settings.GANTRY_DEPLOY_TIMEOUT_S)
-            model.move_to(State.DEPLOYING, EventKind.SERVE_STATUS, f"Serve reports {app.status}: {app.messages}; waiting for it to recover.")
+            deadline = self.now + timedelta(seconds=settings.GANTRY_DEPLOY_TIMEOUT_S)
+            message = f"Serve reports {app.status}: {tail(app.messages)}; waiting for it to recover."
+            model.move_to(State.DEPLOYING, EventKind.SERVE_STATUS, message, expect_generation=model.generation, also={"deadline": deadline})
 
     def delete(self, model: ServeModel, app: AppStatus | None) -> None:
         if app is None:
             model.move_to(State.DELETED, EventKind.DELETED, "Serve no longer lists the application; the model is deleted.")
             self.report.deleted.append(model.model_key)
+            self.left_serve = True
             return
         if app.status == "DELETING":
             return observe(model, EventKind.SERVE_STATUS, "Serve is deleting the application.")
         try:
-            self.client.delete_model(model.model_key)
+            self.call("delete_model", model.model_key)
         except ServeUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001
             observe(model, EventKind.DELETE_FAILED, f"Serve could not delete the application: {type(exc).__name__}: {exc}; will retry.")
+
+    # --- GPUs -----------------------------------------------------------------------------------
+
+    def gpu_ledger(self) -> GpuLedger:
+        """Free GPUs per node, less what applies Serve has not placed yet will take. Ray's free count
+        lags placement-group creation, so without this two back-to-back ticks could promise the
+        same GPUs twice."""
+        promised: list[int] = []
+        moving = ServeRevision.objects.filter(
+            model__state__in=[State.DEPLOYING, State.RUNNING], config_hash=F("model__applied_config_hash")
+        ).select_related("model").order_by("model_id", "-number")
+        seen: set[int] = set()
+        for revision in moving:
+            if revision.model_id in seen:
+                continue
+            seen.add(revision.model_id)
+            per_replica, replicas = _gpus_per_replica(revision), _replicas(revision)
+            if per_replica <= 0 or replicas <= 0:
+                continue
+            key = revision.model_key
+            app = self.apps.get(key)
+            if app is None:
+                continue  # Serve has nothing of it to place; its re-apply goes through this check itself
+            held = self.resources.reserved_gpus.get(key)
+            if held is None:  # a client that cannot see placement groups: trust running replicas
+                held = (app.running_replicas if app else 0) * per_replica
+            promised += [per_replica] * max(math.ceil((replicas * per_replica - held) / per_replica), 0)
+        return GpuLedger.from_nodes(self.resources.free_nodes(), self.resources.total_gpus, promised)
+
+    # --- Housekeeping ---------------------------------------------------------------------------
 
     def report_unknown_apps(self, known: set[str]) -> None:
         since = self.now - UNKNOWN_APP_REPORT_EVERY
@@ -287,6 +466,34 @@ class Tick:
                     model_key=name,
                 )
 
+    def reap_shared_memory(self) -> None:
+        """vLLM leaves /dev/shm segments behind when a replica stops; remove those no process holds,
+        on every node, now and then and whenever replicas stopped."""
+        if self.unavailable is not None:
+            return
+        last = ClusterSnapshot.objects.filter(name=ClusterSnapshot.ONE).values_list("reaped_at", flat=True).first()
+        due = last is None or (self.now - last).total_seconds() >= settings.GANTRY_SHM_REAP_INTERVAL_S
+        if not (due or self.left_serve):
+            return
+        ClusterSnapshot.objects.filter(name=ClusterSnapshot.ONE).update(reaped_at=self.now)
+        try:
+            removed = self.call("reap_shared_memory") or []
+        except Exception as exc:  # noqa: BLE001 — housekeeping must not fail the tick
+            log.warning("could not look for leaked shared memory: %s", exc)
+            return
+        if removed:
+            total = sum(int(item.get("bytes", 0)) for item in removed)
+            nodes = sorted({str(item.get("node_id", ""))[:12] for item in removed})
+            names = ", ".join(str(item.get("name")) for item in removed[:10]) + (" …" if len(removed) > 10 else "")
+            ServeEvent.record(
+                None,
+                EventKind.LEAK_REMOVED,
+                f"Removed {len(removed)} shared-memory segment(s) in /dev/shm that no process held "
+                f"({total / 2**20:.1f} MiB apparent) on node(s) {', '.join(nodes)}: {names}.",
+                model_key="/dev/shm",
+                segments=removed[:100],
+            )
+
 
 def tail(message: str, limit: int = 2000) -> str:
     """A long message cut in the middle: Serve's deploy failures open with what failed and end with
@@ -298,17 +505,20 @@ def tail(message: str, limit: int = 2000) -> str:
 
 
 def observe(model: ServeModel, kind: str, message: str) -> None:
-    """Log what Serve or the cluster says, once per distinct message, so a long wait is one event."""
+    """Log what Serve or the cluster says, once per distinct message, so a long wait is one event.
+    Written only if the model is still as read: a changed model is observed afresh next pass."""
     if model.last_observation == message:
         return
-    model.last_observation = message
-    model.save(update_fields=["last_observation", "updated_at"])
-    model.log(kind, message)
+    if model.update_if_unchanged(last_observation=message):
+        model.log(kind, message)
 
 
-def _gpus_of(revision: ServeRevision) -> int:
-    spec = revision.resolved_spec
-    return int(spec["num_replicas"]) * int(spec["gpus_per_replica"])
+def _replicas(revision: ServeRevision) -> int:
+    return int(revision.resolved_spec["num_replicas"])
+
+
+def _gpus_per_replica(revision: ServeRevision) -> int:
+    return int(revision.resolved_spec["gpus_per_replica"])
 
 
 def _reason(previous: ServeRevision | None, digest: str, config: dict) -> str:

@@ -10,6 +10,7 @@ import errno
 import math
 import os
 import re
+import reprlib
 import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,6 +34,31 @@ def _invalid(field: str | None, message: str) -> SpecError:
 
 def _forbidden(message: str) -> SpecError:
     return SpecError(403, "forbidden_path", message, "model_source")
+
+
+# Messages quote what the user wrote so they can find it, but never whole: a value pasted (or built
+# from YAML aliases) to be huge would come back as a response as big as the spec, or far bigger.
+ECHO_CHARS = 80
+PATH_ECHO_CHARS = 240  # a real path can be long and its middle is what tells folders apart
+
+
+def shown(value: Any, limit: int = ECHO_CHARS) -> str:
+    """repr(value), cut in the middle ('abc...xyz') and bounded in depth and length for containers."""
+    echo = reprlib.Repr()
+    echo.maxstring = echo.maxother = echo.maxlong = limit
+    echo.maxlevel = 3
+    return echo.repr(value)
+
+
+def _clipped(text: str, limit: int = PATH_ECHO_CHARS) -> str:
+    """Text that carries a user's value (a resolved path, a parser's complaint), kept to `limit`."""
+    return text if len(text) <= limit else f"{text[: limit // 2]}…{text[-(limit // 2):]}"
+
+
+def _as_field(key: Any) -> str:
+    # `field` names where the problem is; a key no field could have is named by its shortened echo.
+    text = str(key)
+    return text if len(text) <= ECHO_CHARS else shown(text)
 
 
 SPEC_FIELDS = ("model_id", "model_source", "num_replicas", "gpus_per_replica", "engine_kwargs")
@@ -159,29 +185,71 @@ class ResolvedSpec:
 
 
 # --- parse and validate -------------------------------------------------------------------------
+ALIASES_REFUSED = (
+    "YAML anchors and aliases ('&name', '*name', '<<: *name') are not accepted: a few of them can expand "
+    "a few hundred bytes into gigabytes. Write each value out in full"
+)
+
+
+class YamlRefused(yaml.MarkedYAMLError):
+    """Valid YAML that Gantry does not take: an anchor or alias, a key written twice."""
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice, which plain YAML resolves silently (last wins)."""
+    """SafeLoader that refuses anchors and aliases, and a key written twice (plain YAML: last wins)."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # Refused as the parser meets them, before any alias is resolved, let alone expanded.
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise YamlRefused(None, None, ALIASES_REFUSED, event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError:
+            # PyYAML lets Python's own checks escape: an int of over 4,300 digits, a date like 2024-13-45.
+            kind = {"int": "a whole number", "timestamp": "a date"}.get(node.tag.rsplit(":", 1)[-1], "a value")
+            problem = f"{shown(node.value)} cannot be read as {kind}"
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[tuple[str, str]] = set()
         for key_node, _ in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 if (key_node.tag, key_node.value) in seen:
-                    problem = f"the key {key_node.value!r} appears twice"
-                    raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+                    problem = f"the key {shown(key_node.value)} appears twice"
+                    raise YamlRefused(None, None, problem, key_node.start_mark)
                 seen.add((key_node.tag, key_node.value))
         return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as every spec input is read (the spec, the form's engine options): safe, no anchors or
+    aliases, no key twice. Raises yaml.YAMLError (YamlRefused for what is valid YAML but refused)."""
+    return yaml.load(text, Loader=_StrictLoader)
+
+
+def yaml_error_place(exc: yaml.YAMLError) -> str:
+    """' at line L, column C' for a parser error that knows where it is, else ''."""
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def yaml_error_problem(exc: yaml.YAMLError) -> str:
+    return _clipped(getattr(exc, "problem", None) or str(exc))
 
 
 def parse_spec_yaml(text: str) -> dict:
     if len(text) > MAX_SPEC_CHARS:
         raise SpecError(400, "bad_yaml", f"The spec is {len(text)} characters; the limit is {MAX_SPEC_CHARS}.")
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
+        data = load_yaml(text)
+    except YamlRefused as exc:
+        raise SpecError(400, "bad_yaml", f"The spec is refused{yaml_error_place(exc)}: {yaml_error_problem(exc)}.") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        where, problem = yaml_error_place(exc), yaml_error_problem(exc)
         raise SpecError(400, "bad_yaml", f"The spec is not valid YAML{where}: {problem}.") from None
     except RecursionError:
         raise SpecError(400, "bad_yaml", "The spec is nested too deeply to be a serving spec.") from None
@@ -196,14 +264,14 @@ def parse_spec_yaml(text: str) -> dict:
 def validate_num_replicas(value: Any) -> int:
     if not _is_int(value) or not 0 <= value <= MAX_REPLICAS:
         rule = f"a whole number from 0 to {MAX_REPLICAS} (0 keeps the model but frees its GPUs)"
-        raise _invalid("num_replicas", f"num_replicas must be {rule}; got {value!r}.")
+        raise _invalid("num_replicas", f"num_replicas must be {rule}; got {shown(value)}.")
     return value
 
 
 def _validate_gpus(value: Any) -> int:
     if not _is_int(value) or not 0 <= value <= MAX_GPUS_PER_REPLICA:
         rule = f"a whole number from 0 to {MAX_GPUS_PER_REPLICA} (0 runs replicas on CPUs)"
-        raise _invalid("gpus_per_replica", f"gpus_per_replica must be {rule}; got {value!r}.")
+        raise _invalid("gpus_per_replica", f"gpus_per_replica must be {rule}; got {shown(value)}.")
     return value
 
 
@@ -211,18 +279,18 @@ def _validate_engine_kwargs(value: Any, gpus_per_replica: int) -> dict:
     if value is None:  # `engine_kwargs:` with nothing under it
         return {}
     if not isinstance(value, dict):
-        raise _invalid("engine_kwargs", f"engine_kwargs must be a mapping of engine options; got {value!r}.")
+        raise _invalid("engine_kwargs", f"engine_kwargs must be a mapping of engine options; got {shown(value)}.")
     allowed = ", ".join(ENGINE_KWARGS_ALLOWED)
     for key, option_value in value.items():
-        field = f"engine_kwargs.{key}"
+        field = f"engine_kwargs.{_as_field(key)}"
         if key == "trust_remote_code":
             why = "it would run code shipped inside the model folder on the serving machines"
             raise _invalid(field, f"trust_remote_code is not allowed: {why}. Use a model vLLM supports without it.")
         option = ENGINE_KWARGS_ALLOWED.get(key) if isinstance(key, str) else None
         if option is None:
-            raise _invalid(field, f"{key!r} is not an allowed engine option; allowed: {allowed}.")
+            raise _invalid(field, f"{shown(key)} is not an allowed engine option; allowed: {allowed}.")
         if not option.check(option_value):
-            raise _invalid(field, f"{field} must be {option.rule}; got {option_value!r}.")
+            raise _invalid(field, f"{field} must be {option.rule}; got {shown(option_value)}.")
     tp = value.get("tensor_parallel_size")
     if tp is not None:
         pp = value.get("pipeline_parallel_size", 1)
@@ -247,18 +315,18 @@ def validate_spec(data: dict, *, engine: str) -> ServingSpec:
         if key not in SPEC_FIELDS:
             close = difflib.get_close_matches(str(key), SPEC_FIELDS, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise _invalid(str(key), f"Unknown field {key!r}.{hint} Allowed fields: {', '.join(SPEC_FIELDS)}.")
+            raise _invalid(_as_field(key), f"Unknown field {shown(key)}.{hint} Allowed fields: {', '.join(SPEC_FIELDS)}.")
 
     suffix = data.get("model_id")
     if not isinstance(suffix, str) or not SUFFIX_RE.fullmatch(suffix):
-        got = "it is missing" if suffix is None else f"got {suffix!r}"
+        got = "it is missing" if suffix is None else f"got {shown(suffix)}"
         quote = " (quote it in YAML)" if suffix is not None and not isinstance(suffix, str) else ""
         raise _invalid("model_id", f"model_id must be a name of {SUFFIX_RULE}{quote}; {got}.")
 
     source = data.get("model_source")
     if not isinstance(source, str) or not source.strip():
         example = "the folder holding the model, e.g. $HOME/common/hf/<model> or $HOME/<folder>"
-        raise _invalid("model_source", f"model_source is required: {example}; got {source!r}.")
+        raise _invalid("model_source", f"model_source is required: {example}; got {shown(source)}.")
 
     num_replicas = validate_num_replicas(data.get("num_replicas", 1))
     gpus = _validate_gpus(data.get("gpus_per_replica", 1 if engine == "gpu" else 0))
@@ -291,6 +359,7 @@ def resolve_model_source(raw: str, *, username: str, roots: Roots) -> str:
     except ValueError as exc:
         raise _forbidden(f"{exc}; ask an administrator to rename the account.") from None
     allowed = _allowed_text(roots, user_root)
+    quoted = shown(raw, PATH_ECHO_CHARS)
 
     if not isinstance(raw, str) or not raw.strip():
         raise _forbidden(f"model_source is empty. {allowed}")
@@ -299,7 +368,7 @@ def resolve_model_source(raw: str, *, username: str, roots: Roots) -> str:
     # Refused before resolution even when it would land inside: a '..' in a spec is nearly always a
     # probe for a way out, and a rule without exceptions is one a user can predict.
     if ".." in raw.split("/"):
-        raise _forbidden(f"model_source may not contain a '..' segment: {raw!r}. {allowed}")
+        raise _forbidden(f"model_source may not contain a '..' segment: {quoted}. {allowed}")
     if raw.startswith("~"):
         raise _forbidden(f"'~' is not expanded in model_source; write $HOME instead. {allowed}")
 
@@ -316,39 +385,40 @@ def resolve_model_source(raw: str, *, username: str, roots: Roots) -> str:
     if variable:
         name = variable.group(0)
         macros_text = "only $HOME, $HOME/common/hf and $HOME/common/datasets, at the start of the path"
-        raise _forbidden(f"model_source uses {name!r}, which Gantry does not expand: {macros_text}. {allowed}")
+        raise _forbidden(f"model_source uses {shown(name)}, which Gantry does not expand: {macros_text}. {allowed}")
     if not os.path.isabs(path):
-        raise _forbidden(f"model_source {raw!r} is a relative path. {allowed}")
+        raise _forbidden(f"model_source {quoted} is a relative path. {allowed}")
 
     try:
         real = Path(os.path.realpath(path))
     except (OSError, ValueError) as exc:
-        raise _forbidden(f"model_source {raw!r} cannot be resolved ({exc}). {allowed}") from None
+        raise _forbidden(f"model_source {quoted} cannot be resolved ({_clipped(str(exc))}). {allowed}") from None
     hf_real = Path(os.path.realpath(roots.hf))
     user_real = Path(os.path.realpath(user_root))
     datasets_real = Path(os.path.realpath(roots.datasets))
     users_real = Path(os.path.realpath(roots.users))
-    shown = "" if str(real) == raw else f" (resolves to {real})"
+    real_text = _clipped(str(real))
+    resolves = "" if str(real) == raw else f" (resolves to {real_text})"
 
     # Path.is_relative_to compares whole segments: /users/alice2 is not under /users/alice.
     if real.is_relative_to(datasets_real):
         where = f"is in the datasets root ({datasets_real}): the datasets root holds data, not models"
-        raise _forbidden(f"model_source {raw!r}{shown} {where}. {allowed}")
+        raise _forbidden(f"model_source {quoted}{resolves} {where}. {allowed}")
     if not (real.is_relative_to(hf_real) or real.is_relative_to(user_real)):
         if real.is_relative_to(users_real):
-            raise _forbidden(f"model_source {raw!r}{shown} belongs to another user's folder. {allowed}")
-        raise _forbidden(f"model_source {raw!r}{shown} is outside the folders you may serve from. {allowed}")
+            raise _forbidden(f"model_source {quoted}{resolves} belongs to another user's folder. {allowed}")
+        raise _forbidden(f"model_source {quoted}{resolves} is outside the folders you may serve from. {allowed}")
 
     try:
         info = os.stat(real)
     except (FileNotFoundError, NotADirectoryError):
-        raise _invalid("model_source", f"model_source {raw!r} does not exist: {real}.") from None
+        raise _invalid("model_source", f"model_source {quoted} does not exist: {real_text}.") from None
     except OSError as exc:
         reason = "is a symlink loop" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
-        raise _invalid("model_source", f"model_source {raw!r} {reason}: {real}.") from None
+        raise _invalid("model_source", f"model_source {quoted} {reason}: {real_text}.") from None
     if not stat.S_ISDIR(info.st_mode):
         hint = "give the folder that holds config.json and the weights"
-        raise _invalid("model_source", f"model_source {raw!r} is a file ({real}); {hint}.")
+        raise _invalid("model_source", f"model_source {quoted} is a file ({real_text}); {hint}.")
     return str(real)
 
 

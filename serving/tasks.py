@@ -2,17 +2,29 @@
 import logging
 
 from celery import shared_task
+from django.conf import settings
 
 log = logging.getLogger(__name__)
 
 
-@shared_task
+@shared_task(
+    # A tick is bounded call by call (GANTRY_SERVE_CALL_TIMEOUT_S); these bound the task as a whole,
+    # so a tick that hangs anyway ends, releases its lease (soft limit) or loses it within one TTL (hard).
+    soft_time_limit=settings.GANTRY_RECONCILE_TIME_LIMIT_S,
+    time_limit=settings.GANTRY_RECONCILE_TIME_LIMIT_S + 30,
+)
 def reconcile() -> dict:
-    """One reconcile tick. Beat runs it on a timer; every change enqueues it on commit."""
+    """One reconcile tick. Beat runs it on a timer; every change enqueues it on commit; while a model
+    is DEPLOYING or DELETING it schedules itself again within about a second."""
     from serving.client import get_client
+    from serving.reconciler import claim_followup, followup_due
     from serving.reconciler import reconcile as run
 
     report = run(get_client())
     if report.reason:
         log.info("reconcile: %s", report.reason)
+    delay_s = settings.GANTRY_RECONCILE_FOLLOWUP_MS / 1000
+    # Not while Serve is unreachable: beat's period is the right pace for retrying a dead cluster.
+    if not report.serve_unavailable and followup_due() and claim_followup(delay_s):
+        reconcile.apply_async(countdown=delay_s)
     return {"ran": report.ran, "applied": report.applied, "deleted": report.deleted, "unknown": report.unknown_apps}

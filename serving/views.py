@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 import yaml
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
@@ -20,7 +21,8 @@ from django.views.decorators.vary import vary_on_headers
 from dashboard.roles import is_admin
 from serving import deployments
 from serving.choices import EventKind, State
-from serving.client import ROUTER_APP, AppStatus, ServeUnavailable, get_client
+from serving import snapshot
+from serving.client import ROUTER_APP, AppStatus
 from serving.forms import NewModelForm, Preview, ScaleForm
 from serving.models import ServeEvent, ServeModel, ServeRevision
 from serving.serializers import openai_base_url
@@ -157,21 +159,6 @@ def _folders(root) -> list[str]:
 
 
 # --- detail -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ServeView:
-    """What Serve says about one application, or why it could not be asked."""
-
-    app: AppStatus | None = None
-    error: str = ""
-
-
-def _serve_view(model_key: str) -> ServeView:
-    try:
-        return ServeView(app=get_client().status().get(model_key))
-    except ServeUnavailable as exc:
-        return ServeView(error=f"Cannot reach Ray Serve: {exc}")
-
-
 def _reason(model: ServeModel) -> str:
     """Why the model is where it is: the failure, or what it has been waiting for in this state."""
     if model.error_summary:
@@ -200,7 +187,7 @@ def _live_context(model: ServeModel, before: int | None = None) -> dict:
         "model": model,
         "detail_url": _detail_url(model),
         "reason": _reason(model),
-        "serve": _serve_view(model.model_key),
+        "serve": snapshot.app_view(model.model_key),
         "events": events,
         "next_url": next_url,
         # A poll brings new revisions too: the one the reconciler just applied.
@@ -400,18 +387,26 @@ def cluster(request: HttpRequest) -> HttpResponse:
         .order_by("created_at", "id")
     )
     counts = _state_counts(request.user)
-    context: dict = {"pending": pending, "counts": [(s, counts[s]) for s in State.values if s in counts], "apps": [], "unknown": [], "resources": None, "unavailable": ""}
-    try:
-        client = get_client()
-        apps = client.status()
-        context["resources"] = client.cluster_resources()
-    except ServeUnavailable as exc:
-        context["unavailable"] = f"Cannot reach Ray Serve: {exc}"
+    view = snapshot.cluster_view()
+    context: dict = {
+        "pending": pending,
+        "counts": [(s, counts[s]) for s in State.values if s in counts],
+        "freshness": view.freshness,
+        "engine": view.engine,
+        "engine_source": "set by GANTRY_ENGINE" if settings.GANTRY_ENGINE in ("cpu", "gpu") else "the Ray cluster has GPUs" if view.engine == "gpu" else "the Ray cluster has no GPUs",
+        "resources": view.resources,
+        "unavailable": view.freshness.problem() if view.freshness.read_at is None else "",
+        "stale": view.freshness.problem() if view.freshness.read_at is not None else "",
+        "apps": [],
+        "unknown": [],
+    }
+    if view.freshness.read_at is None:
         return render(request, "serving/cluster.html", context)
+    apps = view.apps
     # DELETED models are not Gantry's any more: an application under their name is one nobody manages.
     known = {m.model_key: m for m in ServeModel.objects.reconcilable().filter(model_key__in=list(apps)).select_related("owner")}
     rows = [AppRow(name, app, known.get(name)) for name, app in sorted(apps.items())]
-    nodes = context["resources"].nodes
+    nodes = view.resources.nodes if view.resources else ()
     columns = list(dict.fromkeys(key for node in nodes for key in node))  # whatever the client reports, in its order
     context.update(
         apps=rows,

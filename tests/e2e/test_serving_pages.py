@@ -208,6 +208,7 @@ def test_an_admin_sees_the_cluster(page, live_server, admin, alice, fake_serve, 
     waiting = create_model(alice, "huge", num_replicas=4, gpus_per_replica=2)
     reconcile(fake_serve)
     fake_serve.apps["forgotten-experiment"] = fake_serve._app({}, 1, "RUNNING", 0)
+    reconcile(fake_serve)  # the page shows what the reconciler read at the start of its last tick
 
     login_in_browser(page, live_server.url, "admin")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Serving").click()
@@ -218,4 +219,6 @@ def test_an_admin_sees_the_cluster(page, live_server, admin, alice, fake_serve, 
     expect(page.locator("#unknown")).to_contain_text("forgotten-experiment")
     expect(page.locator("#pending")).to_contain_text(waiting.model_id)
     expect(page.locator("#applications")).to_contain_text(running.model_key)
+    expect(page.locator("#serve-as-of")).to_contain_text("as of")
+    expect(page.locator("#engine")).to_have_text("gpu")
     page.screenshot(path=test_output / "cluster.png", full_page=True)

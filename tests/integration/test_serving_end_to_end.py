@@ -131,11 +131,15 @@ def test_a_folder_without_weights_fails_with_the_engines_reason(gantry, client, 
         shutil.copy(tiny_model / name, broken / name)
     alices = Api(client, alice)
     created = alices.create(spec(suffix("broken"), source=f"$HOME/common/hf/{broken.name}"))
-    model = drive(created["model_key"], lambda m: m.state == State.FAILED, timeout_s=300, expect_failure=True)
+    # Serve tries a failing replica three times (~80 s each on 2 busy cores) before DEPLOY_FAILED.
+    model = drive(created["model_key"], lambda m: m.state == State.FAILED, timeout_s=480, expect_failure=True)
     assert "DEPLOY_FAILED" in model.error_summary
     event = ServeEvent.objects.get(model=model, kind=EventKind.FAILED)
-    # Serve's own words: which deployment failed, then the engine's exception at the end.
+    # Serve's own words: which deployment failed, then the engine's exception at the end...
     assert "LLMServer" in event.message and "Engine core initialization failed" in event.message, event.message
+    # ...and, from the failing replica's own log, what Serve only points at ("see root cause above").
+    assert "Root cause, from the replica's log:" in event.message, event.message
+    assert "Cannot find any model weights" in event.message.split("Root cause", 1)[1], event.message
     alices.delete(created["model_key"])
     drive(created["model_key"], lambda m: m.state == State.DELETED, expect_failure=True)
     assert created["model_key"] not in get_client().status()

@@ -1,6 +1,13 @@
-"""A ServeClient that behaves like Ray Serve for the reconciler's tests: applications take a few
-status reads to deploy, replicas keep their ids across scaling, GPUs run out, applies can raise,
-deployments can fail or never be schedulable, the cluster can be unreachable.
+"""A ServeClient that behaves like Ray Serve for the reconciler's tests, where it matters to them:
+
+- applications take a few status reads to deploy; an apply that is not a replicas-only change of a
+  running application replaces *every* replica (Serve gives each serve.run a new code version),
+  while a replicas-only change keeps the running ones (the external scaler);
+- each replica's GPUs are one STRICT_PACK bundle that must fit on one node, and a replica takes
+  them only once it is placed — which lags the apply by `place_reads` status reads, as Ray's free
+  count lags placement-group creation;
+- applies can raise, deployments can fail or never be schedulable, the cluster can be unreachable,
+  and any method can hang until released.
 
 It stands in for Serve only where the reconciler's logic is under test; the Ray client itself is
 tested against a real cluster.
@@ -10,97 +17,167 @@ from __future__ import annotations
 import itertools
 import threading
 
-from serving.client import ROUTER_APP, AppStatus, ClusterResources, DeploymentStatus, ServeClient, ServeUnavailable
+from serving.client import (
+    ROUTER_APP,
+    AppStatus,
+    ClusterResources,
+    DeploymentStatus,
+    ServeClient,
+    ServeUnavailable,
+    _differs_only_in_replicas,
+)
 
 
 class FakeServe(ServeClient):
-    def __init__(self, gpus: float = 8, deploy_reads: int = 0):
-        self.total_gpus = gpus
+    def __init__(self, gpus: float = 8, deploy_reads: int = 0, *, nodes: dict[str, float] | None = None, place_reads: int = 0):
+        self.total_gpus = gpus  # one node with this many GPUs, unless `nodes` says otherwise
+        self.nodes = nodes
         self.deploy_reads = deploy_reads
+        self.place_reads = place_reads
         self.apps: dict[str, dict] = {ROUTER_APP: self._app({}, 1, "RUNNING", 0)}
+        self.apps[ROUTER_APP]["replica_ids"] = ["router#0"]
         self.calls: list[tuple] = []
         self.fail_apply: dict[str, str] = {}
         self.fail_deploy: dict[str, str] = {}
         self.unschedulable: dict[str, str] = {}
+        self.causes: dict[str, str] = {}
         self.unavailable = False
+        self.hang: set[str] = set()  # method names that block until `release` is set
+        self.release = threading.Event()
         self.starts = 0
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def _app(self, config: dict, replicas: int, status: str, reads: int) -> dict:
-        return {"config": config, "target": replicas, "status": status, "reads": reads, "replica_ids": []}
-
-    def _check(self) -> None:
-        if self.unavailable:
-            raise ServeUnavailable("connection refused (fake)")
-
-    def ensure_started(self, http_port: int = 8000, *, wait: bool = True) -> None:
-        self._check()
-        self.starts += 1
-
-    def apply_model(self, model_key: str, config: dict, previous: dict | None = None) -> None:
-        with self._lock:
-            self._check()
-            self.calls.append(("apply", model_key, config, previous))
-            if model_key in self.fail_apply:
-                raise RuntimeError(self.fail_apply[model_key])
-            replicas = config["deployment_config"]["num_replicas"]
-            app = self.apps.get(model_key)
-            if app is None:
-                self.apps[model_key] = self._app(config, replicas, "DEPLOYING", self.deploy_reads)
-            else:
-                app.update(config=config, target=replicas, status="DEPLOYING", reads=self.deploy_reads)
-
-    def delete_model(self, model_key: str) -> None:
-        with self._lock:
-            self._check()
-            self.calls.append(("delete", model_key))
-            if model_key in self.apps:
-                self.apps[model_key].update(status="DELETING", reads=1)
-
+    # --- what the tests look at ---------------------------------------------------------------
     def applied(self) -> list[str]:
         return [call[1] for call in self.calls if call[0] == "apply"]
 
     def deleted(self) -> list[str]:
         return [call[1] for call in self.calls if call[0] == "delete"]
 
-    def _advance(self) -> None:
-        for name, app in list(self.apps.items()):
-            if app["reads"] > 0:
-                app["reads"] -= 1
-                continue
-            if app["status"] == "DELETING":
-                del self.apps[name]
-            elif app["status"] == "DEPLOYING" and name in self.fail_deploy:
-                app["status"] = "DEPLOY_FAILED"
-            elif app["status"] == "DEPLOYING" and name not in self.unschedulable:
-                ids = app["replica_ids"][: app["target"]]
-                while len(ids) < app["target"]:
-                    ids.append(f"{name}#{next(self._ids)}")
-                app.update(status="RUNNING", replica_ids=ids)
+    def node_gpus(self) -> dict[str, float]:
+        return dict(self.nodes) if self.nodes is not None else {"node-1": self.total_gpus}
+
+    # --- the ServeClient interface --------------------------------------------------------------
+    def _enter(self, method: str) -> None:
+        if method in self.hang:
+            self.release.wait()
+        if self.unavailable:
+            raise ServeUnavailable("connection refused (fake)")
+
+    def ensure_started(self, http_port: int = 8000, *, wait: bool = True) -> None:
+        self._enter("ensure_started")
+        self.starts += 1
+
+    def apply_model(self, model_key: str, config: dict, previous: dict | None = None) -> None:
+        self._enter("apply_model")
+        with self._lock:
+            self.calls.append(("apply", model_key, config, previous))
+            if model_key in self.fail_apply:
+                raise RuntimeError(self.fail_apply[model_key])
+            replicas = config["deployment_config"]["num_replicas"]
+            app = self.apps.get(model_key)
+            if app is None:
+                app = self.apps[model_key] = self._app(config, replicas, "DEPLOYING", self.deploy_reads)
+            elif previous is not None and app["status"] != "DELETING" and _differs_only_in_replicas(previous, config):
+                kept = app["replica_ids"][:replicas]  # the external scaler stops the surplus, keeps the rest
+                app.update(config=config, target=replicas, status="DEPLOYING", reads=self.deploy_reads, replica_ids=kept)
+                app["placed"] = {rid: node for rid, node in app["placed"].items() if rid in kept}
+            else:
+                # serve.run again: a new code version, so Serve replaces every replica.
+                app.update(config=config, target=replicas, status="DEPLOYING", reads=self.deploy_reads, replica_ids=[], placed={})
+            app["place_in"] = self.place_reads
+            while len(app["replica_ids"]) < replicas:
+                app["replica_ids"].append(f"{model_key}#{next(self._ids)}")
+
+    def delete_model(self, model_key: str) -> None:
+        self._enter("delete_model")
+        with self._lock:
+            self.calls.append(("delete", model_key))
+            if model_key in self.apps:
+                self.apps[model_key].update(status="DELETING", reads=1)
 
     def status(self) -> dict[str, AppStatus]:
+        self._enter("status")
         with self._lock:
-            self._check()
             self._advance()
             return {name: self._status(name, app) for name, app in self.apps.items()}
+
+    def cluster_resources(self) -> ClusterResources:
+        self._enter("cluster_resources")
+        with self._lock:
+            free = self.node_gpus()
+            reserved: dict[str, float] = {}
+            for name, app in self.apps.items():
+                for node in app["placed"].values():
+                    free[node] -= self._gpus_per_replica(app)
+                    reserved[name] = reserved.get(name, 0) + self._gpus_per_replica(app)
+            total = sum(self.node_gpus().values())
+            nodes = tuple({"node_id": node, "gpus": gpus, "free_gpus": free[node]} for node, gpus in self.node_gpus().items())
+            return ClusterResources(total, sum(free.values()), 16, 16, nodes, reserved)
+
+    def failure_cause(self, model_key: str, limit: int = 2000) -> str:
+        self._enter("failure_cause")
+        return self.causes.get(model_key, "")
+
+    # --- how Serve moves on between reads --------------------------------------------------------
+    def _app(self, config: dict, replicas: int, status: str, reads: int) -> dict:
+        return {"config": config, "target": replicas, "status": status, "reads": reads, "replica_ids": [], "placed": {}, "place_in": 0}
+
+    @staticmethod
+    def _gpus_per_replica(app: dict) -> int:
+        return len((app["config"] or {}).get("placement_group_config", {}).get("bundles", []))
+
+    def _place(self, app: dict) -> bool:
+        """Give each unplaced replica a node with room for all its GPUs; True when all are placed."""
+        free = self.node_gpus()
+        for other in self.apps.values():
+            for node in other["placed"].values():
+                free[node] -= self._gpus_per_replica(other)
+        need = self._gpus_per_replica(app)
+        for rid in app["replica_ids"]:
+            if rid in app["placed"]:
+                continue
+            node = next((n for n, room in free.items() if room >= need), None) if need else next(iter(free))
+            if node is None:
+                return False
+            app["placed"][rid] = node
+            free[node] -= need
+        return True
+
+    def _advance(self) -> None:
+        for name, app in list(self.apps.items()):
+            if app["status"] == "DELETING":
+                app["placed"] = {}  # Serve stops the replicas first, then forgets the application
+                if app["reads"] > 0:
+                    app["reads"] -= 1
+                else:
+                    del self.apps[name]
+                continue
+            if app["status"] != "DEPLOYING":
+                continue
+            if app["place_in"] > 0:
+                app["place_in"] -= 1
+            elif name not in self.unschedulable:
+                placed = self._place(app)
+                if not placed:
+                    continue
+            if app["reads"] > 0:
+                app["reads"] -= 1
+            elif name in self.fail_deploy:
+                app.update(status="DEPLOY_FAILED", placed={})
+            elif name not in self.unschedulable and len(app["placed"]) == len(app["replica_ids"]):
+                app["status"] = "RUNNING"
 
     def _status(self, name: str, app: dict) -> AppStatus:
         message = self.fail_deploy.get(name, "") if app["status"] == "DEPLOY_FAILED" else ""
         if app["status"] == "DEPLOYING" and name in self.unschedulable:
             message = self.unschedulable[name]
+        elif app["status"] == "DEPLOYING" and app["place_in"] == 0 and len(app["placed"]) < len(app["replica_ids"]):
+            message = f"Deployment 'LLMServer' has {len(app['replica_ids']) - len(app['placed'])} replica(s) that cannot be scheduled"
         running = len(app["replica_ids"]) if app["status"] == "RUNNING" else 0
         deployment = DeploymentStatus("LLMServer", app["status"], message, {"RUNNING": running} if running else {})
         return AppStatus(name, app["status"], message, (deployment,))
-
-    def cluster_resources(self) -> ClusterResources:
-        self._check()
-        used = sum(
-            app["target"] * (0 if not app["config"] else len(app["config"].get("placement_group_config", {}).get("bundles", [])))
-            for app in self.apps.values()
-            if app["status"] != "DELETING"
-        )
-        return ClusterResources(self.total_gpus, self.total_gpus - used, 16, 16)
 
 
 _shared: FakeServe | None = None

@@ -134,15 +134,27 @@ def test_a_path_outside_your_roots_is_403(alice_api, roots):
     assert not ServeModel.objects.exists()
 
 
-def test_unknown_and_other_users_models_are_404_json(alice_api, bob):
+def test_unknown_and_other_users_models_are_404_json(alice_api, bob_api, alice, bob, fake_serve):
     bobs = create_model(bob)
+    reconcile(fake_serve)  # revision 1: a rollback bob may make, so alice's 404 is about ownership
+    bobs.refresh_from_db()
+    assert bobs.revisions.filter(number=1).exists()
+    events = bobs.events.count()
     for method in ("get", "delete"):
         for key in ("no-such-model", bobs.model_key):
             response = getattr(alice_api, method)(f"{URL}/{key}")
             assert response.status_code == 404
             assert error_of(response)["code"] == "not_found"
     assert alice_api.patch(f"{URL}/{bobs.model_key}", {"num_replicas": 2}).status_code == 404
-    assert ServeModel.objects.get(pk=bobs.pk).state == State.QUEUED
+    for key in ("no-such-model", bobs.model_key):
+        response = alice_api.post_json(f"{URL}/{key}/rollback", {"revision": 1, "confirm": True})
+        assert response.status_code == 404 and error_of(response)["code"] == "not_found"
+    after = ServeModel.objects.get(pk=bobs.pk)
+    assert (after.state, after.generation, after.num_replicas) == (bobs.state, bobs.generation, bobs.num_replicas)
+    assert after.events.count() == events and not AuditEntry.objects.filter(actor=alice).exists()
+
+    response = bob_api.post_json(f"{URL}/{bobs.model_key}/rollback", {"revision": 1, "confirm": True})
+    assert response.status_code == 202 and response.json()["generation"] == bobs.generation + 1
 
 
 def test_users_list_only_their_own_models(alice_api, bob_api, alice, bob):
@@ -217,9 +229,10 @@ def test_the_cluster_status_is_for_admins(alice_api, admin_client, alice, fake_s
     model = create_model(alice)
     reconcile(fake_serve)
     fake_serve.apps["stray"] = fake_serve._app({}, 1, "RUNNING", 0)
+    reconcile(fake_serve)  # the snapshot pages read is what the tick saw when it began
     body = admin_client.get("/api/v2/serve/status").json()
-    assert body["available"] is True
-    assert body["applications"][model.model_key]["gantry_state"] == "DEPLOYING"
+    assert body["available"] is True and body["stale"] is False and body["as_of"]
+    assert body["applications"][model.model_key]["gantry_state"] == "RUNNING"
     assert body["unknown_applications"] == ["stray"]
     assert body["resources"]["total_gpus"] == 8
 

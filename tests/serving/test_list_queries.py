@@ -1,5 +1,5 @@
 """The model list, as API and as page, costs the same number of SQL queries for 1 model or 30,
-however many events each has."""
+however many events each has; every page of the API (a cursor's too) costs what the first does."""
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -44,3 +44,12 @@ def test_the_page_shows_each_models_last_event(alice_client, alice):
     model.log("PENDING_RESOURCES", "Needs 4 GPU(s)")
     page = alice_client.get("/serving/").text
     assert "PENDING_RESOURCES" in page and "Needs 4 GPU(s)" in page and model.model_id in page
+
+
+def test_every_page_of_the_list_api_costs_what_a_one_model_list_does(alice_client, alice):
+    make_models(alice, 1)
+    one = queries(alice_client, "/api/v2/serve/models?limit=10")
+    make_models(alice, 29, start=1, events=10)
+    second_page = alice_client.get("/api/v2/serve/models?limit=10").json()["next"]
+    assert queries(alice_client, "/api/v2/serve/models?limit=10") == one
+    assert queries(alice_client, second_page) == one

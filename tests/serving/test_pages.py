@@ -245,15 +245,29 @@ def test_a_refused_preview_shows_the_reason_beside_the_field_with_its_status(ali
 
 
 # --- detail ------------------------------------------------------------------------------------
-def test_another_users_model_is_a_404_and_an_admin_sees_it(client, alice, bob, admin):
-    model = create_model(alice, "demo")
+def test_another_users_model_is_a_404_on_every_page_and_an_admin_sees_it(client, alice, bob, admin, fake_serve):
+    # Two real revisions, so /diff and /rollback have something to show: each 404 below is about
+    # whose model it is, never about a revision that does not exist.
+    model = _two_revisions(alice, fake_serve)
+    pages = ("", "/delete", "/diff?a=1&b=2", "/rollback/1")
+    client.force_login(alice)
+    for url in pages:
+        assert client.get(f"/serving/{model.model_key}{url}").status_code == 200, url
+    events = model.events.count()
+
     client.force_login(bob)
-    for url in ("", "/delete", "/diff?a=1&b=1", "/rollback/1"):
-        assert client.get(f"/serving/{model.model_key}{url}").status_code == 404
+    for url in pages:
+        assert client.get(f"/serving/{model.model_key}{url}").status_code == 404, url
     assert client.post(f"/serving/{model.model_key}/delete", {"confirm": model.model_id}).status_code == 404
     assert client.post(f"/serving/{model.model_key}/scale", {"num_replicas": "0"}).status_code == 404
+    assert client.post(f"/serving/{model.model_key}/rollback/1").status_code == 404
     model.refresh_from_db()
-    assert model.state == State.QUEUED and model.num_replicas == 1
+    assert model.state == State.RUNNING and model.num_replicas == 3 and model.generation == 2
+    assert model.events.count() == events and not AuditEntry.objects.filter(actor=bob).exists()
+    client.force_login(alice)
+    assert client.post(f"/serving/{model.model_key}/rollback/1").status_code == 303
+    model.refresh_from_db()
+    assert model.generation == 3 and model.num_replicas == 1
 
     client.force_login(admin)
     page = client.get(f"/serving/{model.model_key}")
@@ -309,9 +323,23 @@ def test_a_queued_model_shows_what_it_waits_for(alice_client, alice, fake_serve)
 def test_when_serve_cannot_be_reached_the_page_says_so_plainly(alice_client, alice, fake_serve):
     model = create_model(alice, "demo")
     fake_serve.unavailable = True
+    reconcile(fake_serve)
     response = alice_client.get(f"/serving/{model.model_key}")
     assert response.status_code == 200
-    assert text_of(response.text, "serve-error") == "Cannot reach Ray Serve: connection refused (fake)"
+    said = text_of(response.text, "serve-error")
+    assert said.startswith("Serve's status is unavailable") and "connection refused (fake)" in said
+
+
+def test_a_status_serve_stopped_answering_for_is_shown_as_stale_with_its_age(alice_client, alice, fake_serve):
+    model = create_model(alice, "demo")
+    settle(fake_serve)
+    fake_serve.unavailable = True
+    reconcile(fake_serve)
+    page = alice_client.get(f"/serving/{model.model_key}").text
+    assert text_of(page, "serve-as-of").startswith("as of ") and "s ago" in text_of(page, "serve-as-of")
+    said = text_of(page, "serve-error")
+    assert said.startswith("Serve's status is stale") and "connection refused (fake)" in said
+    assert "RUNNING: 1" in text_of(page, "replicas")  # what Serve said last, under the warning
 
 
 def _model_in(state: str, alice, fake_serve) -> ServeModel:
@@ -495,6 +523,7 @@ def test_admins_see_applications_gpus_waiting_models_and_unknown_apps(admin_clie
     waiting = create_model(alice, "huge", num_replicas=8, gpus_per_replica=1)
     reconcile(fake_serve)
     fake_serve.apps["leftover-experiment"] = fake_serve._app({}, 1, "RUNNING", 0)
+    reconcile(fake_serve)  # the page shows the snapshot the reconciler takes at the start of a tick
     resources = fake_serve.cluster_resources()
 
     page = admin_client.get("/serving/cluster").text
@@ -509,9 +538,10 @@ def test_admins_see_applications_gpus_waiting_models_and_unknown_apps(admin_clie
 def test_the_cluster_page_renders_without_serve(admin_client, alice, fake_serve):
     model = create_model(alice, "demo")
     fake_serve.unavailable = True
+    reconcile(fake_serve)
     response = admin_client.get("/serving/cluster")
     assert response.status_code == 200
-    assert "Cannot reach Ray Serve: connection refused (fake)" in text_of(response.text, "serve-unavailable")
+    assert "connection refused (fake)" in text_of(response.text, "serve-unavailable")
     assert model.state == State.QUEUED
 
 

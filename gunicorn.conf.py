@@ -1,0 +1,35 @@
+"""gunicorn's settings for Gantry's web process, in one place: `make run`, the image and compose all
+start `gunicorn -c gunicorn.conf.py dashboard.wsgi:application` (flags on the command line win).
+
+It lives in the project's root because gunicorn reads ./gunicorn.conf.py by itself: a gunicorn started
+by hand there gets the same keep-alive and the same one-sentence configuration errors.
+"""
+import os
+import sys
+
+from dashboard.env import ConfigError
+
+# The image and compose listen on every interface of the container; `make run` passes its loopback bind.
+bind = [f"{os.environ.get('GANTRY_BIND', '0.0.0.0')}:{os.environ.get('GANTRY_PORT', '8080')}"]
+workers = 4
+threads = 4  # more than one thread selects the gthread worker, the one that keeps connections alive
+timeout = 60
+# An idle kept-alive connection stays open this long. gunicorn's 2 s default closed connections that
+# clients polling every 2 s were about to reuse ("connection reset by peer"); 75 s also outlasts a
+# load balancer's usual 60 s idle timeout, so the balancer, not gunicorn, closes first.
+keepalive = 75
+accesslog = "-"
+errorlog = "-"
+
+
+def on_starting(server) -> None:
+    """Reads the settings in the master before any worker forks: a bad one stops gunicorn once, with
+    manage.py's sentence and exit status, instead of once in every worker that tries to boot."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+    from django.conf import settings
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 — the first read is what loads dashboard/settings.py
+    except ConfigError as exc:
+        sys.stderr.write(f"gantry: configuration error: {exc}\n")
+        sys.exit(2)
