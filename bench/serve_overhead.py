@@ -208,25 +208,60 @@ class CeleryProcesses:
         for process in self.processes.values():
             process.wait()
 
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) the worker and beat have used so far, their pool processes
-        included: what the product's background side takes from the cores the engine starts on."""
-        total = 0
-        for process in self.processes.values():
-            for pid in process_tree(process.pid):
-                try:
-                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                except (OSError, IndexError):
-                    continue
-                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-        return total / os.sysconf("SC_CLK_TCK")
-
     def tails(self, lines: int = 15) -> None:
         for name, path in self.logs.items():
             text = path.read_text(errors="replace").splitlines() if path.exists() else []
             say(f"last {min(lines, len(text))} lines of the Celery {name}'s log {path}:")
             for line in text[-lines:]:
                 print(f"    {line[:300]}")
+
+
+# Ray's processes by what they run (their title, /proc/<pid>/cmdline); the rest of the head's tree
+# (GCS, raylet, dashboard and its agent, idle workers) is "ray head".
+RAY_GROUPS = (
+    ("replicas", (b"ray::ServeReplica", b"ray::SERVE_REPLICA", b"VLLM::")),  # the model's engine; the router's too
+    ("controller", (b"ray::ServeController",)),
+    ("proxy", (b"ray::ProxyActor",)),
+)
+CPU_GROUPS = ("bench", "worker+beat", "controller", "replicas", "proxy", "ray head")
+
+
+class CpuMeter:
+    """CPU time (user + system, from /proc) used while a model deploys, by who used it: this process
+    (the API, both clocks' polling, the raw path's driver), the Celery worker and beat, Serve's
+    controller, the replicas and their engines, the proxy, and the rest of the Ray head. A process
+    that started meanwhile counts from zero, one that ended is missed (none does during a deploy)."""
+
+    def __init__(self, head: RayHead, celery: CeleryProcesses):
+        self.head, self.celery = head, celery
+
+    def snapshot(self) -> dict[int, tuple[str, int]]:
+        groups = {pid: _ray_group(pid) for pid in process_tree(self.head.process.pid)}
+        for process in self.celery.processes.values():
+            groups.update((pid, "worker+beat") for pid in process_tree(process.pid))
+        groups[os.getpid()] = "bench"
+        found = {}
+        for pid, group in groups.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            found[pid] = (group, int(fields[11]) + int(fields[12]))  # utime + stime, in clock ticks
+        return found
+
+    def since(self, before: dict[int, tuple[str, int]]) -> dict[str, float]:
+        used = dict.fromkeys(CPU_GROUPS, 0.0)
+        for pid, (group, ticks) in self.snapshot().items():
+            used[group] += (ticks - before.get(pid, (group, 0))[1]) / os.sysconf("SC_CLK_TCK")
+        return used
+
+
+def _ray_group(pid: int) -> str:
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "ray head"
+    return next((group for group, prefixes in RAY_GROUPS if title.startswith(prefixes)), "ray head")
 
 
 # One finished reconcile task, as the worker logs it (celery.app.trace at INFO). Celery's own format
@@ -501,9 +536,9 @@ def measure(base_url: str, model: str, n: int) -> dict:
 
 # --- The two paths ----------------------------------------------------------------------------------
 
-def gantry_deploy(api: Api, celery: CeleryProcesses, suffix: str) -> dict:
+def gantry_deploy(api: Api, celery: CeleryProcesses, suffix: str, cpu: CpuMeter | None = None) -> dict:
     """POST the spec and watch both clocks until Gantry and Serve both say RUNNING."""
-    cpu = celery.cpu_seconds()
+    cpu_before = cpu.snapshot() if cpu else {}
     started, wall = time.monotonic(), time.time()
     created = api.post_spec(suffix)
     api_s = time.monotonic() - started
@@ -518,7 +553,7 @@ def gantry_deploy(api: Api, celery: CeleryProcesses, suffix: str) -> dict:
         "api_s": api_s,
         "applied_s": applied.timestamp() - wall,  # POST -> the worker recorded its apply to Serve
         "wall": (wall, time.time()),
-        "worker_cpu_s": celery.cpu_seconds() - cpu,
+        "cpu_s": cpu.since(cpu_before) if cpu else {},
         "healthy_s": serve.seconds(serve.healthy_at),
         "serve_running_s": serve.seconds(serve.running_at),
         "to_running_s": gantry.running_at - started,
@@ -540,10 +575,10 @@ def gantry_delete(api: Api, celery: CeleryProcesses, key: str) -> dict:
     }
 
 
-def gantry_round(api: Api, celery: CeleryProcesses, suffix: str, n: int, keep: bool) -> dict:
+def gantry_round(api: Api, celery: CeleryProcesses, cpu: CpuMeter, suffix: str, n: int, keep: bool) -> dict:
     quiet()
     say(f"gantry: POST spec {suffix!r}; the worker does the rest")
-    result = gantry_deploy(api, celery, suffix)
+    result = gantry_deploy(api, celery, suffix, cpu)
     key = result["key"]
     say(f"gantry: {key} RUNNING after {result['to_running_s']:.1f} s; Serve said RUNNING at {result['serve_running_s']:.1f} s "
         f"(LLMServer HEALTHY at {result['healthy_s']:.1f} s): Gantry {result['lag_s']:.2f} s behind")
@@ -556,7 +591,7 @@ def gantry_round(api: Api, celery: CeleryProcesses, suffix: str, n: int, keep: b
     return result
 
 
-def raw_round(name: str, model_source: Path, serve_port: int, n: int, celery: CeleryProcesses) -> dict:
+def raw_round(name: str, model_source: Path, serve_port: int, n: int, cpu: CpuMeter) -> dict:
     """The same LLM config deployed with plain Serve: build_llm_deployment, the very application Gantry
     applies, timed until Serve reports it RUNNING. serve.run would block until then too but polls only
     every 1 s; serve.run_many(wait_for_applications_running=False) and the same status read every
@@ -578,7 +613,7 @@ def raw_round(name: str, model_source: Path, serve_port: int, n: int, celery: Ce
     app = build_llm_deployment(llm_config)
     quiet()
     say(f"raw: serve.run_many([RunTarget(build_llm_deployment(...), name={name!r})]) + 0.1 s polls")
-    cpu = celery.cpu_seconds()
+    cpu_before = cpu.snapshot()
     started = time.monotonic()
     view = ServeView(name, started)
     serve.run_many([serve.RunTarget(app, name=name, route_prefix=None)], wait_for_applications_running=False)
@@ -590,7 +625,7 @@ def raw_round(name: str, model_source: Path, serve_port: int, n: int, celery: Ce
         "to_running_s": view.seconds(view.running_at),
         "healthy_s": view.seconds(view.healthy_at),
         "run_call_s": run_call_s,
-        "worker_cpu_s": celery.cpu_seconds() - cpu,  # beat's ticks meanwhile
+        "cpu_s": cpu.since(cpu_before),
     }
     say(f"raw: {name} RUNNING after {result['to_running_s']:.1f} s (LLMServer HEALTHY at {result['healthy_s']:.1f} s)")
     ingress_started = time.monotonic()
@@ -793,8 +828,15 @@ def report(gantry: list[dict], raw: list[dict], steps: list[dict], order: list[s
          "Serve's own clock on both paths (Gantry's: from the POST)"),
         ("  Serve: LLMServer HEALTHY (s)", med(gantry, "healthy_s"), med(raw, "healthy_s"), 1.0, ""),
         ("  Gantry behind Serve (s)", median(lags), None, 1.0, f"goal <= 1; per round {', '.join(f'{v:.2f}' for v in lags)}"),
-        ("  worker + beat CPU (s)", med(gantry, "worker_cpu_s"), med(raw, "worker_cpu_s"), 1.0,
-         "while it deploys (raw: beat's 10 s ticks only), on the cores the engine starts on"),
+        *((f"  CPU s: {group}", median([r["cpu_s"][group] for r in gantry]),
+           median([r["cpu_s"][group] for r in raw]), 1.0, note)
+          for group, note in (
+              ("replicas", "the engine starting (same work on both paths)"),
+              ("worker+beat", "Gantry's ticks (raw: beat's every 10 s only)"),
+              ("controller", "Serve's controller, which each tick's serve.status() calls"),
+              ("ray head", "GCS, raylet, dashboard: cluster_resources() and the placement-group table"),
+              ("bench", "this process: the API, both clocks' polls (raw: Serve's only), raw's driver"),
+          )),
         ("time to DELETED (s)", med(deleted, "to_deleted_s"), med(raw, "delete_s"), 1.0,
          "Gantry: API DELETE -> API says DELETED; raw: serve.delete -> Serve no longer lists it"),
         ("  Serve: no longer listed (s)", med(deleted, "serve_gone_s"), med(raw, "delete_s"), 1.0, "Serve's own clock on both paths"),
@@ -811,14 +853,14 @@ def report(gantry: list[dict], raw: list[dict], steps: list[dict], order: list[s
         print(f"{label:<33} {g * scale:>8.{digits}f} {raw_cell} {ratio}  {note}")
     print()
     print("per round, POST to RUNNING (worker: reconcile tasks that ended meanwhile, those that ran a tick (the others found the "
-          "lease held), the ticks' p50 and longest, the longest stretch with no tick running, from the worker's log; CPU time "
-          "the worker and beat processes used meanwhile, from /proc):")
+          "lease held), the ticks' p50 and longest, the longest stretch with no tick running, from the worker's log; CPU seconds "
+          "used meanwhile by each group of processes, from /proc):")
     for r in gantry:
         w = worker.between(*r["wall"])
         line = (f"  gantry {r['key']:<28} Serve RUNNING {r['serve_running_s']:5.1f} s, Gantry {r['to_running_s']:5.1f} s (+{r['lag_s']:.2f}; "
                 f"API {r['api_s'] * 1000:.0f} ms, applied to Serve at {r['applied_s']:.1f} s; worker: {w['tasks']} tasks, {w['ran']} ticks, "
                 f"p50 {w['tick_p50_s'] * 1000:.0f} ms, longest {w['tick_max_s']:.1f} s, longest with no tick {w['idle_max_s']:.2f} s; "
-                f"worker+beat CPU {r['worker_cpu_s']:.1f} s = {r['worker_cpu_s'] / r['to_running_s']:.0%} of a core) "
+                f"CPU s: {_cpu(r)}) "
                 f"TTFT {median(r['ttft']) * 1000:.0f} ms latency {median(r['latency']) * 1000:.0f} ms")
         if "to_deleted_s" in r:
             d = worker.between(*r["delete_wall"])
@@ -827,8 +869,7 @@ def report(gantry: list[dict], raw: list[dict], steps: list[dict], order: list[s
         print(line)
     for r in raw:
         print(f"  raw    {r['key']:<28} Serve RUNNING {r['to_running_s']:5.1f} s (LLMServer HEALTHY {r['healthy_s']:.1f} s; "
-              f"run_many returned after {r['run_call_s']:.1f} s; worker+beat CPU {r['worker_cpu_s']:.1f} s = "
-              f"{r['worker_cpu_s'] / r['to_running_s']:.0%} of a core) "
+              f"run_many returned after {r['run_call_s']:.1f} s; CPU s: {_cpu(r)}) "
               f"ingress {r['ingress_s']:.1f} s TTFT {median(r['ttft']) * 1000:.0f} ms latency {median(r['latency']) * 1000:.0f} ms "
               f"delete {r['delete_s']:.1f} s")
     if steps:
@@ -844,6 +885,10 @@ def report(gantry: list[dict], raw: list[dict], steps: list[dict], order: list[s
         print("(replicas changed: gone, replaced or new, by replica id, actor id and PID; goal 0. serve = controller + proxy actors. "
               "Gantry s: API call -> the state the API reports; Serve s: -> Serve RUNNING / no longer listed."
               f" B's own first replica kept when scaled 1 -> 2: {'yes' if kept else 'no'})")
+
+
+def _cpu(result: dict) -> str:
+    return ", ".join(f"{group} {seconds:.1f}" for group, seconds in result["cpu_s"].items())
 
 
 def main() -> None:
@@ -888,11 +933,12 @@ def main() -> None:
         order = [p for i in range(args.rounds) for p in (("G", "R") if (args.rounds - 1 - i) % 2 else ("R", "G"))]
         gantry, raw = [], []
         last_g = len(order) - 1 - order[::-1].index("G")
+        cpu = CpuMeter(head, celery)
         for i, path in enumerate(order):
             if path == "G":
-                gantry.append(gantry_round(api, celery, f"a{len(gantry) + 1}", args.requests, keep=(i == last_g and not args.no_restarts)))
+                gantry.append(gantry_round(api, celery, cpu, f"a{len(gantry) + 1}", args.requests, keep=(i == last_g and not args.no_restarts)))
             else:
-                raw.append(raw_round(f"raw-{len(raw) + 1}", model_dir, head.serve_port, args.requests, celery))
+                raw.append(raw_round(f"raw-{len(raw) + 1}", model_dir, head.serve_port, args.requests, cpu))
         from serving.models import ServeModel
 
         # Same work on both paths: the config Gantry applied equals the raw one but for the model id.

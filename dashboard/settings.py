@@ -234,6 +234,18 @@ CELERY_BEAT_SCHEDULE: dict = {
     "serving-reconcile": {"task": "serving.tasks.reconcile", "schedule": float(GANTRY_RECONCILE_INTERVAL_S)},
 }
 GANTRY_DEPENDENCY_TIMEOUT = float(env_int("GANTRY_DEPENDENCY_TIMEOUT_MS", 1000, minimum=50)) / 1000
+# Health probes: how often beat runs them, how long each may take, how many bad readings in a row
+# flip a check (one slow probe must not page anyone), and where flips to down are sent.
+GANTRY_HEALTH_INTERVAL_S = env_int("GANTRY_HEALTH_INTERVAL_S", 15, minimum=1)
+GANTRY_HEALTH_PROBE_TIMEOUT_S = env_int("GANTRY_HEALTH_PROBE_TIMEOUT_S", 5, minimum=1)
+GANTRY_HEALTH_GRACE_READINGS = env_int("GANTRY_HEALTH_GRACE_READINGS", 2, minimum=1)
+GANTRY_HEALTH_WEBHOOK_URL = env_str("GANTRY_HEALTH_WEBHOOK_URL", "")
+GANTRY_HEALTH_ALERT_EMAILS = env_list("GANTRY_HEALTH_ALERT_EMAILS", [])
+GANTRY_HEALTH_ALERT_TIMEOUT_S = env_int("GANTRY_HEALTH_ALERT_TIMEOUT_S", 5, minimum=1)
+GANTRY_HEALTH_QUEUE_WARN_S = env_int("GANTRY_HEALTH_QUEUE_WARN_S", 60, minimum=1)
+GANTRY_HEALTH_QUEUE_CRITICAL_S = env_int("GANTRY_HEALTH_QUEUE_CRITICAL_S", 300, minimum=1)
+# A cycle not started within one interval is dropped: the next one reads fresher anyway.
+CELERY_BEAT_SCHEDULE["health-probes"] = {"task": "health.tasks.run_probes", "schedule": float(GANTRY_HEALTH_INTERVAL_S), "options": {"expires": float(GANTRY_HEALTH_INTERVAL_S)}}
 
 LOGGING = {
     "version": 1,

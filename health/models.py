@@ -1,1 +1,85 @@
-"""HealthCheck, Flip and GpuSample arrive with the health panel."""
+"""HealthCheck (each check's current status) and Flip (append-only history of every change, and
+the outbox alerts are sent from). GpuSample arrives with the GPU probe."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+from health.choices import BAD_STATUSES, Status
+from serving.models import AppendOnly
+
+
+class HealthCheck(models.Model):
+    """One thing a probe watches (a path, an endpoint, a queue), as its readings last left it."""
+
+    name = models.CharField(max_length=120, unique=True, help_text="e.g. disk:var, tcp:redis, celery:queue:serve.")
+    kind = models.CharField(max_length=32, db_index=True, help_text="The probe that reads it: disk, tcp, celery, progress.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.UNKNOWN)
+    detail = models.TextField(blank=True, help_text="What the last reading said, even when it has not flipped the status yet.")
+    since = models.DateTimeField(default=timezone.now, help_text="When the status last changed.")
+    last_reading_at = models.DateTimeField(null=True, blank=True)
+    bad_count = models.PositiveIntegerField(default=0, help_text="Bad readings in a row; the status flips at GANTRY_HEALTH_GRACE_READINGS.")
+    cost_ms = models.FloatField(default=0.0, help_text="CPU time the probe's last reading of this check took.")
+
+    class Meta:
+        ordering = ["kind", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.status}"
+
+
+class Flip(AppendOnly):
+    """A change of a check's status. Copies the check's name, so it outlives the check row.
+
+    Also the alert outbox: `processed_at` is set once its alerts went out. Marking it is a
+    conditional UPDATE (never save()), so the row itself is never edited by a view.
+    """
+
+    health_check = models.ForeignKey(HealthCheck, null=True, blank=True, on_delete=models.SET_NULL, related_name="flips")
+    check_name = models.CharField(max_length=120, db_index=True)
+    from_status = models.CharField(max_length=16, choices=Status.choices)
+    to_status = models.CharField(max_length=16, choices=Status.choices)
+    detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took it to send; a claim expires.")
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["created_at"], condition=models.Q(processed_at__isnull=True), name="health_flip_unprocessed"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.check_name}: {self.from_status} → {self.to_status}"
+
+
+def record_reading(name: str, kind: str, status: str, detail: str, *, cost_ms: float = 0.0) -> Flip | None:
+    """The one place a check's status changes: records a reading and decides whether it flips.
+
+    A bad reading (warn, critical, unknown) flips the check only when it is the Nth in a row
+    (GANTRY_HEALTH_GRACE_READINGS), so one slow probe does not page anyone; once past the grace a
+    different bad status flips at once. A good reading flips at once: a recovery needs no grace.
+    Returns the Flip written, or None.
+    """
+    now = timezone.now()
+    status = Status(status)
+    with transaction.atomic():
+        HealthCheck.objects.get_or_create(name=name, defaults={"kind": kind, "since": now})
+        check = HealthCheck.objects.select_for_update().get(name=name)
+        check.kind, check.detail, check.last_reading_at, check.cost_ms = kind, detail, now, cost_ms
+        if status in BAD_STATUSES:
+            check.bad_count += 1
+            due = check.bad_count >= settings.GANTRY_HEALTH_GRACE_READINGS
+        else:
+            check.bad_count = 0
+            due = True
+        flip = None
+        if due and status != check.status:
+            flip = Flip.objects.create(health_check=check, check_name=name, from_status=check.status, to_status=status, detail=detail, created_at=now)
+            check.status, check.since = status, now
+        check.save()
+        return flip

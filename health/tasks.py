@@ -1,8 +1,20 @@
 """Celery tasks of the health app; they run on the `health` queue (CELERY_TASK_ROUTES)."""
 from celery import shared_task
 
+from health.alerts import deliver_alerts
+from health.probes import all_probes, run_cycle
+
 
 @shared_task
 def ping() -> str:
     """A no-op a deploy script or a test can send through the broker to see a worker answer."""
     return "pong"
+
+
+@shared_task
+def run_probes() -> int:
+    """One probe cycle (beat, every GANTRY_HEALTH_INTERVAL_S), then the alerts its flips call for;
+    alerts that failed on an earlier cycle go out first. Returns the number of checks read."""
+    results = run_cycle(all_probes())
+    deliver_alerts()
+    return len(results)

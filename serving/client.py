@@ -444,6 +444,10 @@ class RayServeClient(ServeClient):
         from ray.util.state import get_log, list_actors, list_workers
 
         timeout = self.STATE_API_TIMEOUT_S
+        # The state API finds "the" Ray instance by itself, and refuses when a machine runs several
+        # (another team's head, a test's): always name ours — the dashboard for listing, the GCS
+        # for logs (get_log takes only a bootstrap address).
+        address = settings.RAY_DASHBOARD_URL
         app = serve.status().applications.get(model_key)
         if app is None:
             return ""
@@ -453,6 +457,7 @@ class RayServeClient(ServeClient):
             actor
             for deployment in app.deployments
             for actor in list_actors(
+                address=address,
                 filters=[("class_name", "=", f"ServeReplica:{model_key}:{deployment}"), ("state", "=", "DEAD")],
                 detail=True, limit=10_000, timeout=timeout, raise_on_missing_output=False,
             )
@@ -464,6 +469,7 @@ class RayServeClient(ServeClient):
         ended = {
             (worker.node_id, worker.pid): worker.end_time_ms or 0
             for worker in list_workers(
+                address=address,
                 filters=[("worker_type", "=", "WORKER"), ("is_alive", "=", "False")],
                 detail=True, limit=10_000, timeout=timeout, raise_on_missing_output=False,
             )
@@ -473,7 +479,7 @@ class RayServeClient(ServeClient):
             text = ""
             for suffix in ("out", "err"):  # vLLM's engine logs to stdout, Python's tracebacks go to stderr
                 try:
-                    text += "".join(get_log(actor_id=actor.actor_id, tail=self.FAILURE_LOG_LINES, suffix=suffix, timeout=timeout, filter_ansi_code=True))
+                    text += "".join(get_log(address=settings.RAY_ADDRESS, actor_id=actor.actor_id, tail=self.FAILURE_LOG_LINES, suffix=suffix, timeout=timeout, filter_ansi_code=True))
                 except Exception as exc:  # noqa: BLE001 — a log gone with its node: try the next replica
                     log.info("no %s log for replica %s of %s: %s", suffix, actor.actor_id, model_key, exc)
             cause = root_cause(text) or _death_cause(actor.death_cause)

@@ -41,6 +41,8 @@ class FakeServe(ServeClient):
         self.fail_deploy: dict[str, str] = {}
         self.unschedulable: dict[str, str] = {}
         self.causes: dict[str, str] = {}
+        self.leaked: list[dict] = []  # shared-memory segments the next reap finds and removes
+        self.reaps = 0
         self.unavailable = False
         self.hang: set[str] = set()  # method names that block until `release` is set
         self.release = threading.Event()
@@ -119,6 +121,12 @@ class FakeServe(ServeClient):
     def failure_cause(self, model_key: str, limit: int = 2000) -> str:
         self._enter("failure_cause")
         return self.causes.get(model_key, "")
+
+    def reap_shared_memory(self) -> list[dict]:
+        self._enter("reap_shared_memory")
+        self.reaps += 1
+        found, self.leaked = self.leaked, []
+        return found
 
     # --- how Serve moves on between reads --------------------------------------------------------
     def _app(self, config: dict, replicas: int, status: str, reads: int) -> dict:

@@ -337,3 +337,38 @@ def test_an_update_replaces_the_models_replicas_and_a_scale_keeps_them(alice, fa
     updated = fake_serve.apps[model.model_key]["replica_ids"]
     assert len(updated) == 2 and not set(updated) & set(scaled)
     assert fresh(model).state == State.RUNNING
+
+
+# --- 11. what failed, in the replica's own words; and what stopped replicas leave behind -----------
+@pytest.mark.usefixtures("gpu_engine")
+def test_a_failed_deploy_says_the_replicas_own_error_not_just_see_root_cause_above(alice, fake_serve):
+    model = create_model(alice)
+    fake_serve.fail_deploy[model.model_key] = "The deployment failed to start 3 times in a row. See root cause above."
+    fake_serve.causes[model.model_key] = "RuntimeError: Cannot find any model weights with `/hf/tiny-llama`"
+    tick(fake_serve, 3)
+    now = fresh(model)
+    assert now.state == State.FAILED
+    (failed,) = events(model, EventKind.FAILED)
+    assert "See root cause above" in failed.message
+    assert "Root cause, from the replica's log: RuntimeError: Cannot find any model weights" in failed.message
+    assert "Cannot find any model weights" in now.error_summary
+
+
+@pytest.mark.usefixtures("gpu_engine")
+def test_leaked_shared_memory_is_reaped_when_replicas_stop_and_said_in_one_event(alice, fake_serve, settings):
+    settings.GANTRY_SHM_REAP_INTERVAL_S = 3600
+    model = create_model(alice)
+    tick(fake_serve, 2)
+    reaps = fake_serve.reaps  # the first tick looks once: nothing had been looked for yet
+    tick(fake_serve, 2)
+    assert fake_serve.reaps == reaps  # not every tick
+    fake_serve.leaked = [
+        {"node_id": "node-1", "name": "psm_1a2b", "bytes": 2**30},
+        {"node_id": "node-1", "name": "psm_3c4d", "bytes": 2**30},
+    ]
+    deployments.request_delete(fresh(model), alice)
+    tick(fake_serve, 3)
+    assert fresh(model).state == State.DELETED and fake_serve.reaps == reaps + 1
+    (event,) = ServeEvent.objects.filter(kind=EventKind.LEAK_REMOVED)
+    assert "Removed 2 shared-memory segment(s)" in event.message and "2048.0 MiB" in event.message
+    assert "psm_1a2b" in event.message and event.payload["segments"][0]["name"] == "psm_1a2b"

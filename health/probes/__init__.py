@@ -1,0 +1,72 @@
+"""Probes: each module lists the checks it reads (`probes()`), one Probe per path, endpoint or queue.
+
+`run_cycle` runs every probe at once, each in its own thread with the same deadline, so one that
+hangs (a dead NFS mount, a black-holed port) reads `unknown` after GANTRY_HEALTH_PROBE_TIMEOUT_S
+while the others are recorded as usual. Each reading carries the CPU time its own thread spent.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection
+
+from health.choices import Status
+from health.models import record_reading
+
+Reading = tuple[str, str]  # (status, detail)
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    kind: str
+    read: Callable[[], Reading]
+
+
+@dataclass
+class Result:
+    probe: Probe
+    status: str = Status.UNKNOWN
+    detail: str = ""
+    cost_ms: float = 0.0
+    done: bool = False
+
+
+def all_probes() -> list[Probe]:
+    from health.probes import celery, disk, progress, tcp
+
+    return [*disk.probes(), *tcp.probes(), *celery.probes(), *progress.probes()]
+
+
+def _read(result: Result) -> None:
+    started = time.thread_time()
+    try:
+        result.status, result.detail = result.probe.read()
+    except Exception as exc:  # noqa: BLE001 — a probe that breaks is a reading too, with its reason
+        result.status, result.detail = Status.UNKNOWN, f"the probe failed: {type(exc).__name__}: {exc}"
+    finally:
+        result.cost_ms = round((time.thread_time() - started) * 1000, 3)
+        result.done = True
+        connection.close()  # this thread's own connection, if the probe used the database
+
+
+def run_cycle(probes: list[Probe]) -> list[Result]:
+    """Read every probe and record each reading; returns the results (cost included)."""
+    timeout = settings.GANTRY_HEALTH_PROBE_TIMEOUT_S
+    results = [Result(probe) for probe in probes]
+    threads = [threading.Thread(target=_read, args=(r,), name=f"probe {r.probe.name}", daemon=True) for r in results]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for result in results:
+        if not result.done:
+            # Its thread keeps running until the probe's own socket timeouts end it; its cost is unknown.
+            result.status, result.detail = Status.UNKNOWN, f"the probe did not answer within {timeout} s"
+        record_reading(result.probe.name, result.probe.kind, result.status, result.detail, cost_ms=result.cost_ms)
+    return results

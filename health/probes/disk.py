@@ -1,0 +1,62 @@
+"""Disk: bytes *and* inodes of the paths Gantry writes to (seed 003: inodes run out before bytes
+when a cache writes many small files)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.conf import settings
+
+from health.choices import Status, worst
+from health.probes import Probe, Reading
+
+WARN_PERCENT, CRITICAL_PERCENT = 80, 95
+RAY_TEMP_DIR = Path("/tmp/ray")
+
+
+def _status(percent: float) -> str:
+    return Status.CRITICAL if percent >= CRITICAL_PERCENT else Status.WARN if percent >= WARN_PERCENT else Status.OK
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def read_path(path: str | os.PathLike) -> Reading:
+    try:
+        st = os.statvfs(path)
+    except FileNotFoundError:
+        return Status.UNKNOWN, f"{path} does not exist"
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    usable = used + st.f_bavail * st.f_frsize  # as df counts: root's reserve is not the user's
+    byte_percent = 100 * used / usable if usable else 0.0
+    parts = [f"bytes {int(byte_percent)} % used ({_size(used)} of {_size(usable)})"]
+    statuses = [_status(byte_percent)]
+    if st.f_files:
+        inodes_used = st.f_files - st.f_ffree
+        inode_percent = 100 * inodes_used / st.f_files
+        parts.append(f"inodes {int(inode_percent)} % used ({inodes_used} of {st.f_files})")
+        statuses.append(_status(inode_percent))
+    else:
+        parts.append("inodes: no fixed limit")
+    return worst(*statuses), f"{path}: " + ", ".join(parts)
+
+
+def watched_paths() -> dict[str, Path]:
+    paths = {
+        "hf-root": Path(settings.GANTRY_HF_ROOT),
+        "users-root": Path(settings.GANTRY_USERS_ROOT),
+        "var": Path(settings.VAR_DIR),
+        "dev-shm": Path("/dev/shm"),
+    }
+    if RAY_TEMP_DIR.is_dir():
+        paths["ray-tmp"] = RAY_TEMP_DIR
+    return paths
+
+
+def probes() -> list[Probe]:
+    return [Probe(f"disk:{label}", "disk", lambda path=path: read_path(path)) for label, path in watched_paths().items()]
