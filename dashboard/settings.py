@@ -183,6 +183,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # kombu polls the folder once a second by default: a change would wait up to that long.
         "polling_interval": 0.1,
     }
+    # kombu's own filesystem channel lets a reader see a half-written message (dashboard/broker.py).
+    CELERY_BROKER_TRANSPORT = "dashboard.broker:Transport"
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -67,7 +67,7 @@ class TickReport:
 
 # --- The lease --------------------------------------------------------------------------------
 
-def claim_lease(holder: str) -> bool:
+def claim_lease(holder: str, *, ask_rerun: bool = True) -> bool:
     now = timezone.now()
     try:
         Lease.objects.get_or_create(name=LEASE_NAME)
@@ -78,7 +78,7 @@ def claim_lease(holder: str) -> bool:
         .filter(Q(holder="") | Q(expires_at__lt=now))
         .update(holder=holder, expires_at=now + lease_ttl(), rerun_requested=False)
     )
-    if not claimed:
+    if not claimed and ask_rerun:
         # The holder runs once more before it lets go, so this change is not left for the next beat.
         Lease.objects.filter(name=LEASE_NAME).update(rerun_requested=True)
     return bool(claimed)
@@ -104,9 +104,12 @@ def release_lease(holder: str) -> bool:
 MAX_RERUNS = 3
 
 
-def reconcile(client: ServeClient, *, holder: str | None = None) -> TickReport:
+def reconcile(client: ServeClient, *, holder: str | None = None, ask_rerun: bool = True) -> TickReport:
+    """One tick under the lease. A tick that finds the lease held asks the holder to run once more
+    (a user's change must not wait for beat) unless `ask_rerun` is False: a follow-up only looks
+    again, and a tick running anyway looks already — asking would only chain ticks back to back."""
     holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    if not claim_lease(holder):
+    if not claim_lease(holder, ask_rerun=ask_rerun):
         return TickReport(ran=False, reason="another reconcile holds the lease; it will run once more")
     try:
         report = Tick(client, holder).run()

@@ -13,18 +13,19 @@ log = logging.getLogger(__name__)
     soft_time_limit=settings.GANTRY_RECONCILE_TIME_LIMIT_S,
     time_limit=settings.GANTRY_RECONCILE_TIME_LIMIT_S + 30,
 )
-def reconcile() -> dict:
+def reconcile(followup: bool = False) -> dict:
     """One reconcile tick. Beat runs it on a timer; every change enqueues it on commit; while a model
     is DEPLOYING or DELETING it schedules itself again within about a second."""
     from serving.client import get_client
     from serving.reconciler import claim_followup, followup_due
     from serving.reconciler import reconcile as run
 
-    report = run(get_client())
+    report = run(get_client(), ask_rerun=not followup)
     if report.reason:
         log.info("reconcile: %s", report.reason)
     delay_s = settings.GANTRY_RECONCILE_FOLLOWUP_MS / 1000
-    # Not while Serve is unreachable: beat's period is the right pace for retrying a dead cluster.
-    if not report.serve_unavailable and followup_due() and claim_followup(delay_s):
-        reconcile.apply_async(countdown=delay_s)
+    # Only after a tick that ran (the holder of the lease schedules its own), paced from its end,
+    # and not while Serve is unreachable: beat's period is the pace for retrying a dead cluster.
+    if report.ran and not report.serve_unavailable and followup_due() and claim_followup(delay_s):
+        reconcile.apply_async(kwargs={"followup": True}, countdown=delay_s)
     return {"ran": report.ran, "applied": report.applied, "deleted": report.deleted, "unknown": report.unknown_apps}

@@ -89,3 +89,20 @@ def test_a_model_waiting_for_gpus_is_left_to_beat(alice, broker, fake_serve):
     reconcile_task.run()
     assert ServeModel.objects.get(pk=model.pk).state == State.DEPLOYING  # waiting to be re-applied
     assert queued(broker) == []  # GPUs free up on the cluster's schedule: no 0.5 s loop meanwhile
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_followup_that_finds_a_tick_running_neither_chains_a_rerun_nor_schedules_another(alice, broker, fake_serve):
+    from serving.models import Lease
+    from serving.reconciler import LEASE_NAME, claim_lease
+
+    create_model(alice)
+    reconcile_task.run()  # DEPLOYING: follow-ups are due
+    broker.delete("serve")
+    assert claim_lease("a tick running elsewhere")
+    time.sleep(0.6)
+    reconcile_task.run(followup=True)
+    assert Lease.objects.get(name=LEASE_NAME).rerun_requested is False  # no back-to-back ticks
+    assert queued(broker) == []  # the running tick schedules the next one when it ends
+    reconcile_task.run()  # a user's change, though, asks the running tick to look once more
+    assert Lease.objects.get(name=LEASE_NAME).rerun_requested is True
