@@ -5,9 +5,8 @@ It lives in the project's root because gunicorn reads ./gunicorn.conf.py by itse
 by hand there gets the same keep-alive and the same one-sentence configuration errors.
 """
 import os
-import sys
 
-from dashboard.env import ConfigError
+from dashboard.env import load_settings_or_stop
 
 # The image and compose listen on every interface of the container; `make run` passes its loopback bind.
 bind = [f"{os.environ.get('GANTRY_BIND', '0.0.0.0')}:{os.environ.get('GANTRY_PORT', '8080')}"]
@@ -25,11 +24,4 @@ errorlog = "-"
 def on_starting(server) -> None:
     """Reads the settings in the master before any worker forks: a bad one stops gunicorn once, with
     manage.py's sentence and exit status, instead of once in every worker that tries to boot."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
-    from django.conf import settings
-
-    try:
-        settings.INSTALLED_APPS  # noqa: B018 — the first read is what loads dashboard/settings.py
-    except ConfigError as exc:
-        sys.stderr.write(f"gantry: configuration error: {exc}\n")
-        sys.exit(2)
+    load_settings_or_stop()

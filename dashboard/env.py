@@ -6,7 +6,9 @@ start-up with one clear sentence instead of a traceback deep inside Django.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -68,3 +70,21 @@ def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}.")
     return value
+
+
+def stop_for(exc: "ConfigError", status: int = 2) -> NoReturn:
+    """A bad setting is the operator's to fix: one sentence naming it and an exit status, the same
+    from manage.py, gunicorn, Celery and the WSGI app — never a traceback."""
+    sys.stderr.write(f"gantry: configuration error: {exc}\n")
+    sys.exit(status)
+
+
+def load_settings_or_stop() -> None:
+    """Read Django's settings now (the first read loads dashboard/settings.py), stopping on a bad one."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+    from django.conf import settings
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018
+    except ConfigError as exc:
+        stop_for(exc)

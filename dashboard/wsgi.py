@@ -1,10 +1,9 @@
 """The WSGI entry point; gunicorn's settings are in gunicorn.conf.py."""
 import os
-import sys
 
 from django.core.wsgi import get_wsgi_application
 
-from dashboard.env import ConfigError
+from dashboard.env import ConfigError, stop_for
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 try:
@@ -13,5 +12,4 @@ except ConfigError as exc:
     # A bad setting is the operator's to fix: manage.py's sentence, not a traceback. With gunicorn.conf.py
     # gunicorn's master says it before any worker starts; for a server started without it, status 4 is
     # gunicorn's "app failed to load", which stops the master instead of forking another worker to fail.
-    sys.stderr.write(f"gantry: configuration error: {exc}\n")
-    sys.exit(4)
+    stop_for(exc, status=4)

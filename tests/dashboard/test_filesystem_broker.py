@@ -34,14 +34,6 @@ def test_a_message_being_written_is_invisible_to_a_reader_until_complete(channel
     assert channel._get("serve") == {"body": "reconcile"}
 
 
-def test_the_celery_app_uses_it_for_the_filesystem_broker(settings):
-    from dashboard.celery import app
-
-    if not settings.CELERY_BROKER_URL.startswith("filesystem://"):
-        pytest.skip("the test run's broker is Redis; the embedded default is checked below")
-    assert app.connection_for_write().transport_cls == "dashboard.broker:Transport"
-
-
 def test_the_embedded_default_selects_it(tmp_path):
     import os
     import subprocess
