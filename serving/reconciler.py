@@ -63,6 +63,9 @@ class TickReport:
     unknown_apps: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     serve_unavailable: bool = False
+    # A follow-up met a model that needs an apply (a change, a lost application): that is a full
+    # tick's work, so the task enqueues one rather than leave it to beat.
+    needs_full_tick: bool = False
 
 
 # --- The lease --------------------------------------------------------------------------------
@@ -104,15 +107,18 @@ def release_lease(holder: str) -> bool:
 MAX_RERUNS = 3
 
 
-def reconcile(client: ServeClient, *, holder: str | None = None, ask_rerun: bool = True) -> TickReport:
+def reconcile(client: ServeClient, *, holder: str | None = None, ask_rerun: bool = True, followup: bool = False) -> TickReport:
     """One tick under the lease. A tick that finds the lease held asks the holder to run once more
     (a user's change must not wait for beat) unless `ask_rerun` is False: a follow-up only looks
-    again, and a tick running anyway looks already — asking would only chain ticks back to back."""
+    again, and a tick running anyway looks already — asking would only chain ticks back to back.
+
+    A `followup` tick only reads Serve's status and steps the models that are moving (see Tick);
+    a rerun asked for meanwhile is a full tick, since a change asked for it."""
     holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if not claim_lease(holder, ask_rerun=ask_rerun):
         return TickReport(ran=False, reason="another reconcile holds the lease; it will run once more")
     try:
-        report = Tick(client, holder).run()
+        report = Tick(client, holder, followup=followup).run()
         reruns = 0
         while release_lease(holder):
             reruns += 1
@@ -152,9 +158,15 @@ def claim_followup(delay_s: float) -> bool:
 # --- One tick ---------------------------------------------------------------------------------
 
 class Tick:
-    def __init__(self, client: ServeClient, holder: str):
+    """One pass over every model. A follow-up tick (`followup=True`, about a second after a tick
+    while models deploy or delete) is the cheap kind: one status read, no start-up check, no
+    cluster resources, and only the models that are moving; anything needing an apply is left to
+    a full tick, which the task then enqueues."""
+
+    def __init__(self, client: ServeClient, holder: str, *, followup: bool = False):
         self.client = client
         self.holder = holder
+        self.followup = followup
         self.now = timezone.now()
         self.report = TickReport(ran=True)
         self.unavailable: ServeUnavailable | None = None
@@ -167,31 +179,50 @@ class Tick:
         return call_with_timeout(function, *args, timeout_s=settings.GANTRY_SERVE_CALL_TIMEOUT_S, what=method, **kwargs)
 
     def run(self) -> TickReport:
+        if self.followup:
+            self.engine = ClusterSnapshot.current().engine
+            if not self.engine:  # no full tick has read the cluster yet
+                self.followup = False
         try:
-            # Serve and the router come up with the first tick, so /v1/models answers before any
-            # model exists; once they run this is one status read.
-            self.call("ensure_started", settings.GANTRY_SERVE_PORT, wait=False)
-            self.apps = self.call("status")
-            self.resources = self.call("cluster_resources")
+            if self.followup:
+                self.apps = self.call("status")
+            else:
+                # Serve and the router come up with the first tick, so /v1/models answers before any
+                # model exists; once they run this is one status read.
+                self.call("ensure_started", settings.GANTRY_SERVE_PORT, wait=False)
+                self.apps = self.call("status")
+                self.resources = self.call("cluster_resources")
         except ServeUnavailable as exc:
             self.report.reason = f"Serve unavailable: {exc}"
             self.report.serve_unavailable = True
             snapshot.record_unavailable(str(exc), self.now)
             self.tell_waiting(ServeModel.objects.filter(state__in=[State.QUEUED, State.DEPLOYING, State.DELETING]), exc)
             return self.report
-        self.engine = engine_for_cluster(self.resources.total_gpus)
-        snapshot.record(self.apps, self.resources, self.engine, self.now)
-        self.ledger = self.gpu_ledger()
-        ids = list(ServeModel.objects.reconcilable().order_by("created_at", "id").values_list("pk", flat=True))
+        if self.followup:
+            snapshot.record_apps(self.apps, self.now)
+            ids = list(ServeModel.objects.filter(state__in=MOVING_STATES).order_by("created_at", "id").values_list("pk", flat=True))
+        else:
+            self.engine = engine_for_cluster(self.resources.total_gpus)
+            snapshot.record(self.apps, self.resources, self.engine, self.now)
+            self.ledger = self.gpu_ledger()
+            ids = list(ServeModel.objects.reconcilable().order_by("created_at", "id").values_list("pk", flat=True))
         for position, pk in enumerate(ids):
             if self.unavailable is not None:
                 waiting = ServeModel.objects.filter(pk__in=ids[position:], state__in=[State.QUEUED, State.DEPLOYING, State.DELETING])
                 self.tell_waiting(waiting, self.unavailable)
                 break
             self.step_safely(pk)
-        self.report_unknown_apps(set(ServeModel.objects.reconcilable().values_list("model_key", flat=True)))
+        if not self.followup:
+            self.report_unknown_apps(set(ServeModel.objects.reconcilable().values_list("model_key", flat=True)))
         self.reap_shared_memory()
         return self.report
+
+    def leave_to_full_tick(self, model: ServeModel) -> bool:
+        """In a follow-up: say this model needs a full tick (GPU check, apply) and do nothing now."""
+        if self.followup:
+            self.report.needs_full_tick = True
+            log.debug("%s needs an apply; left to a full tick", model.model_key)
+        return self.followup
 
     def step_safely(self, pk: int) -> None:
         # Read afresh: a user may have changed it since the tick began (or since the last model's apply).
@@ -237,6 +268,8 @@ class Tick:
 
     # QUEUED, or a changed spec: check the path and the GPUs, apply, record the revision.
     def apply(self, model: ServeModel, config: dict, digest: str, app: AppStatus | None) -> None:
+        if self.leave_to_full_tick(model):
+            return
         previous = model.revisions.first()
         try:
             self.check_source(model)
@@ -379,6 +412,8 @@ class Tick:
         """Serve runs nothing for this model: say so by state (DEPLOYING, not RUNNING), forget the
         applied config (Serve no longer has it), and apply it again — now, or once GPUs are free
         (waiting at most the pending timeout, then FAILED with the reason)."""
+        if self.leave_to_full_tick(model):
+            return
         also = {
             "applied_config_hash": "",
             "last_observation": "",
@@ -474,6 +509,8 @@ class Tick:
         on every node, now and then and whenever replicas stopped."""
         if self.unavailable is not None:
             return
+        if self.followup and not self.left_serve:
+            return  # the periodic look is a full tick's; a follow-up reaps only after replicas stopped
         last = ClusterSnapshot.objects.filter(name=ClusterSnapshot.ONE).values_list("reaped_at", flat=True).first()
         due = last is None or (self.now - last).total_seconds() >= settings.GANTRY_SHM_REAP_INTERVAL_S
         if not (due or self.left_serve):

@@ -29,13 +29,24 @@ def record(apps: dict[str, AppStatus], resources: ClusterResources, engine: str,
             name=ClusterSnapshot.ONE,
             defaults={"read_at": now, "attempted_at": now, "error": "", "resources": resources.as_dict(), "engine": engine},
         )
-        AppSnapshot.objects.exclude(name__in=list(apps)).delete()
-        AppSnapshot.objects.bulk_create(
-            [AppSnapshot(name=name, status=app.as_dict(), read_at=now) for name, app in apps.items()],
-            update_conflicts=True,
-            unique_fields=["name"],
-            update_fields=["status", "read_at"],
-        )
+        _write_apps(apps, now)
+
+
+def _write_apps(apps: dict[str, AppStatus], now: datetime) -> None:
+    AppSnapshot.objects.exclude(name__in=list(apps)).delete()
+    AppSnapshot.objects.bulk_create(
+        [AppSnapshot(name=name, status=app.as_dict(), read_at=now) for name, app in apps.items()],
+        update_conflicts=True,
+        unique_fields=["name"],
+        update_fields=["status", "read_at"],
+    )
+
+
+def record_apps(apps: dict[str, AppStatus], now: datetime) -> None:
+    """A follow-up's read: the applications only; the cluster's resources stay as the last full tick read them."""
+    with transaction.atomic():
+        ClusterSnapshot.objects.update_or_create(name=ClusterSnapshot.ONE, defaults={"read_at": now, "attempted_at": now, "error": ""})
+        _write_apps(apps, now)
 
 
 def record_unavailable(error: str, now: datetime) -> None:

@@ -20,7 +20,7 @@ def reconcile(followup: bool = False) -> dict:
     from serving.reconciler import claim_followup, followup_due
     from serving.reconciler import reconcile as run
 
-    report = run(get_client(), ask_rerun=not followup)
+    report = run(get_client(), ask_rerun=not followup, followup=followup)
     if report.reason:
         log.info("reconcile: %s", report.reason)
     delay_s = settings.GANTRY_RECONCILE_FOLLOWUP_MS / 1000
@@ -28,4 +28,6 @@ def reconcile(followup: bool = False) -> dict:
     # and not while Serve is unreachable: beat's period is the pace for retrying a dead cluster.
     if report.ran and not report.serve_unavailable and followup_due() and claim_followup(delay_s):
         reconcile.apply_async(kwargs={"followup": True}, countdown=delay_s)
+    if report.needs_full_tick:
+        reconcile.delay()
     return {"ran": report.ran, "applied": report.applied, "deleted": report.deleted, "unknown": report.unknown_apps}

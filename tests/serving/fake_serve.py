@@ -47,6 +47,7 @@ class FakeServe(ServeClient):
         self.hang: set[str] = set()  # method names that block until `release` is set
         self.release = threading.Event()
         self.starts = 0
+        self.asked: list[str] = []  # every ServeClient method called, in order
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -62,6 +63,7 @@ class FakeServe(ServeClient):
 
     # --- the ServeClient interface --------------------------------------------------------------
     def _enter(self, method: str) -> None:
+        self.asked.append(method)
         if method in self.hang:
             self.release.wait()
         if self.unavailable:

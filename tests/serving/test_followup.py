@@ -106,3 +106,35 @@ def test_a_followup_that_finds_a_tick_running_neither_chains_a_rerun_nor_schedul
     assert queued(broker) == []  # the running tick schedules the next one when it ends
     reconcile_task.run()  # a user's change, though, asks the running tick to look once more
     assert Lease.objects.get(name=LEASE_NAME).rerun_requested is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_followup_only_reads_serves_status_and_steps_the_moving_models(alice, broker, fake_serve):
+    model = create_model(alice)
+    reconcile_task.run()  # a full tick: starts Serve, reads resources, applies
+    assert ServeModel.objects.get(pk=model.pk).state == State.DEPLOYING
+    fake_serve.asked.clear()
+    time.sleep(0.6)
+    reconcile_task.run(followup=True)
+    assert ServeModel.objects.get(pk=model.pk).state == State.RUNNING
+    # No start-up check, no cluster resources or placement groups, no periodic shm sweep: one read.
+    assert fake_serve.asked == ["status"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_followup_leaves_an_apply_to_a_full_tick_and_enqueues_one(alice, broker, fake_serve):
+    from serving import deployments
+
+    fake_serve.deploy_reads = 5
+    model = create_model(alice)
+    reconcile_task.run()
+    deployments.scale(ServeModel.objects.get(pk=model.pk), 2, alice)  # changed mid-deploy
+    broker.delete("serve")
+    applies = len(fake_serve.applied())
+    time.sleep(0.6)
+    reconcile_task.run(followup=True)
+    assert len(fake_serve.applied()) == applies, "a follow-up has no GPU ledger: it must not apply"
+    full = [h for h in queued(broker) if "followup" not in (h.get("kwargsrepr") or "")]
+    assert full and full[0]["eta"] is None, "the apply is not left waiting for beat"
+    reconcile_task.run()
+    assert len(fake_serve.applied()) == applies + 1
