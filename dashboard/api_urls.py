@@ -7,4 +7,5 @@ urlpatterns = [
     path("me", api_views.me, name="api_me"),
     path("openapi.json", api_views.openapi, name="api_openapi"),
     path("", include("serving.api_urls")),
+    path("", include("gates.api_urls")),
 ]

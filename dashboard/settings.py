@@ -5,6 +5,7 @@ head); production points the same names at PostgreSQL, Redis, a Ray cluster and 
 """
 from __future__ import annotations
 
+import base64
 import secrets
 from pathlib import Path
 
@@ -229,6 +230,36 @@ GANTRY_SERVE_CALL_TIMEOUT_S = env_int("GANTRY_SERVE_CALL_TIMEOUT_S", 60, minimum
 GANTRY_RECONCILE_TIME_LIMIT_S = env_int("GANTRY_RECONCILE_TIME_LIMIT_S", 300, minimum=10)
 # How often leaked /dev/shm segments of stopped replicas are looked for on every Ray node.
 GANTRY_SHM_REAP_INTERVAL_S = env_int("GANTRY_SHM_REAP_INTERVAL_S", 600, minimum=10)
+
+# Preflight (gates/preflight/): what a spec's `preflight:` block gets when it leaves a key out.
+GANTRY_PREFLIGHT_IGNORE_VERSIONS = env_list("GANTRY_PREFLIGHT_IGNORE_VERSIONS", [])
+GANTRY_PREFLIGHT_SECRETS = env_list("GANTRY_PREFLIGHT_SECRETS", [])
+GANTRY_PREFLIGHT_SECRET_TIMEOUT_S = env_int("GANTRY_PREFLIGHT_SECRET_TIMEOUT_S", 90, minimum=0)
+GANTRY_PREFLIGHT_CUDA_PROBE_MODE = env_choice("GANTRY_PREFLIGHT_CUDA_PROBE_MODE", "fallback", ("fallback", "warn", "fail"))
+# How long the cluster's package and driver versions are trusted before a preflight asks again.
+GANTRY_PREFLIGHT_RUNTIME_TTL_S = env_int("GANTRY_PREFLIGHT_RUNTIME_TTL_S", 600, minimum=0)
+
+
+def _secrets_keys() -> list[str]:
+    """Fernet keys for users' secrets (GANTRY_SECRETS_KEYS or GANTRY_SECRETS_KEYS_FILE), newest
+    first: the first encrypts, any of them decrypts, so a new key is prepended and an old one
+    dropped only after `manage.py rotate_secrets`. Empty: the store derives a key from SECRET_KEY
+    (gates/secrets.py), which then must never change."""
+    keys = [key.strip() for key in env_secret("GANTRY_SECRETS_KEYS").split(",") if key.strip()]
+    for number, key in enumerate(keys, 1):
+        try:
+            valid = len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32
+        except (ValueError, UnicodeEncodeError):
+            valid = False
+        if not valid:  # the key itself is never echoed: it is a secret
+            raise ConfigError(
+                f"GANTRY_SECRETS_KEYS: key {number} of {len(keys)} is not a Fernet key (32 bytes, url-safe base64). "
+                "Make one with: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+            )
+    return keys
+
+
+GANTRY_SECRETS_KEYS = _secrets_keys()
 
 # Periodic work; each app's issue adds its own entries (reconcile, probes).
 CELERY_BEAT_SCHEDULE: dict = {

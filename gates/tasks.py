@@ -1,1 +1,22 @@
 """Celery tasks of the gates app; they run on the `gates` queue (CELERY_TASK_ROUTES)."""
+from celery import shared_task
+from django.conf import settings
+
+from gates.preflight.config import MAX_SECRET_TIMEOUT_S
+
+
+@shared_task(
+    # The secrets guard may wait up to secret_timeout (an hour at most) for a secret being provisioned.
+    soft_time_limit=MAX_SECRET_TIMEOUT_S + settings.GANTRY_SERVE_CALL_TIMEOUT_S + 60,
+    time_limit=MAX_SECRET_TIMEOUT_S + settings.GANTRY_SERVE_CALL_TIMEOUT_S + 120,
+)
+def preflight_for_deploy(run_id: int) -> dict:
+    """Run a deploy's preflight, then wake the reconciler: it applies the model or says why not."""
+    from gates.preflights import run_for_deploy
+    from serving.client import get_client
+    from serving.tasks import reconcile
+
+    run = run_for_deploy(run_id, get_client())
+    if run is not None:
+        reconcile.delay()
+    return {"run": run_id, "status": run.status if run else "taken by another worker"}

@@ -150,10 +150,12 @@ class ServeClient(abc.ABC):
         (`wait=False`: start them without waiting for the router to be RUNNING)."""
 
     @abc.abstractmethod
-    def apply_model(self, model_key: str, config: dict, previous: dict | None = None) -> None:
+    def apply_model(self, model_key: str, config: dict, previous: dict | None = None, *, secrets: dict[str, str] | None = None) -> None:
         """Deploy or change one model's application, touching no other application.
 
         `previous` is the config last applied, so a replicas-only change can scale in place.
+        `secrets` fills the config's secret placeholders (llm_config.with_secrets) for Serve only:
+        the config itself, stored in revisions, never holds a value.
         """
 
     @abc.abstractmethod
@@ -178,6 +180,13 @@ class ServeClient(abc.ABC):
         """What the engine said when `model_key`'s replicas failed to start, in a few lines of at
         most `limit` characters; "" when this client cannot tell. Never raises."""
         return ""
+
+    def node_runtimes(self) -> list[dict]:
+        """What each alive node of the cluster has installed, read on the node itself: one
+        NodeRuntime.as_dict() (gates/preflight/base.py) per node, for the preflight guards.
+        [] when this client cannot tell (it has no nodes of its own); the caller then falls back to
+        this machine's runtime and says so."""
+        return []
 
 
 def get_client() -> ServeClient:
@@ -211,17 +220,20 @@ class RayServeClient(ServeClient):
         self._start_serve(http_port)
         self._ensure_router(wait=wait)
 
-    def apply_model(self, model_key: str, config: dict, previous: dict | None = None) -> None:
+    def apply_model(self, model_key: str, config: dict, previous: dict | None = None, *, secrets: dict[str, str] | None = None) -> None:
         """Deploy or change `model_key`'s application and return without waiting for it to run:
         status() reports DEPLOYING until its replicas are up (~60 s for the tiny CPU model here)."""
         if model_key == ROUTER_APP:
             raise ValueError(f"{ROUTER_APP!r} is Gantry's router, not a model; choose another model id.")
+        from serving.llm_config import with_secrets
+
+        filled = with_secrets(config, secrets or {})  # before Serve changes: a missing secret stops here
         self._start_serve(settings.GANTRY_SERVE_PORT)
         self._ensure_router(wait=False)
         from ray import serve
         from ray.serve.llm import LLMConfig, build_llm_deployment
 
-        llm_config = LLMConfig(**copy.deepcopy(config))  # invalid configs fail here, before Serve changes
+        llm_config = LLMConfig(**filled)  # invalid configs fail here, before Serve changes
         with _cluster_errors():
             app = serve.status().applications.get(model_key)
             target = config["deployment_config"]["num_replicas"]
@@ -486,6 +498,33 @@ class RayServeClient(ServeClient):
             if cause:
                 return cause
         return ""
+
+    # A node's reading is a few package-metadata reads and one NVML init (milliseconds); the bound
+    # is for starting a worker process on a busy node (seconds on 2 cores).
+    NODE_RUNTIME_TIMEOUT_S = 30.0
+
+    def node_runtimes(self) -> list[dict]:
+        """Read gates/preflight/runtime.py's local_node_runtime on every alive Ray node at once: one
+        NodeRuntime.as_dict() per node, in ray.nodes() order, its node_id the Ray node id.
+
+        A node whose reading fails or does not finish within NODE_RUNTIME_TIMEOUT_S is still listed,
+        with packages {} and the reason in both `error` and `nvml_error` (so NodeRuntime.from_dict
+        keeps it). ServeUnavailable when the cluster cannot be reached.
+        """
+        self._connect()
+        import ray.cloudpickle
+
+        from gates.preflight import base, runtime
+        from health.probes import gpu
+
+        # Shipped by value, like the router and the shared-memory sweep: Ray's nodes (a KubeRay
+        # image, say) need not have Gantry's code. These modules import only the standard library
+        # and pynvml, which every node has (requirements.txt).
+        for module in (base, gpu, runtime):
+            ray.cloudpickle.register_pickle_by_value(module)
+        with _cluster_errors():
+            readings = _on_every_node(runtime.read_node, "gantry-node-runtime", self.NODE_RUNTIME_TIMEOUT_S)
+        return [reading if isinstance(reading, dict) else _unread_node(node_id, reading) for node_id, reading in readings.items()]
 
 
 # --- Module-level helpers: one Ray driver per process --------------------------------------------
@@ -756,3 +795,52 @@ def _death_cause(death_cause: Any) -> str:
     if context.get("reason") == "RAY_KILL":
         return ""
     return str(context.get("error_message") or "")
+
+
+# --- Running a small function on every node -------------------------------------------------------
+
+def _on_every_node(function: Any, name: str, timeout_s: float) -> dict[str, Any]:
+    """Run `function(node_id)` once on each alive Ray node at once; per node id (in ray.nodes()
+    order) what it returned, or the exception why not (TimeoutError for a node that had not finished
+    within `timeout_s`: its task is cancelled). Call it inside _cluster_errors() on a connected driver.
+
+    num_cpus=0 so a node whose CPUs are all held by replicas still runs it; no retries: a node that
+    fails now is reported now, and the next call asks again.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(function)
+    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    pending = {
+        task.options(name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(node_id): node_id
+        for node_id in nodes
+    }
+    if not pending:
+        return {}
+    done, late = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
+    outcome: dict[str, Any] = {}
+    for ref in done:
+        try:
+            outcome[pending[ref]] = ray.get(ref, timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 — one node's failure must not hide the others' answers
+            outcome[pending[ref]] = exc
+    for ref in late:
+        outcome[pending[ref]] = TimeoutError(f"no answer within {timeout_s:g} s")
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
+    return {node_id: outcome[node_id] for node_id in nodes}
+
+
+def _unread_node(node_id: str, exc: BaseException) -> dict:
+    """A node whose runtime could not be read, in NodeRuntime's shape plus the reason in `error`."""
+    from gates.preflight.base import NodeRuntime
+
+    if isinstance(exc, TimeoutError):
+        why = f"the node did not report its runtime ({exc}); it may be overloaded or unreachable"
+    else:
+        # A RayTaskError's text is the node's whole traceback; its last line names the failure.
+        lines = _plain(str(exc)).strip().splitlines()
+        why = f"reading the node's runtime failed: {lines[-1] if lines else type(exc).__name__}"
+    log.warning("node %s: %s", node_id, why)
+    return {**NodeRuntime(node_id, packages={}, nvml_error=why).as_dict(), "error": why}

@@ -130,6 +130,39 @@ def rollback(model: ServeModel, revision_number: int, actor) -> ServeModel:
     return model
 
 
+def retry(model: ServeModel, actor) -> ServeModel:
+    """A FAILED model tried again as it is (after its folder, card or secrets were fixed): a new
+    generation, so it gets a fresh preflight and a fresh deploy."""
+    with transaction.atomic():
+        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        if model.state != State.FAILED:
+            raise ChangeRefused(f"{model.model_id} is {model.state}; only a FAILED model is retried.")
+        model.generation += 1
+        model.change_reason = "retry"
+        model.rejected_config_hash = ""
+        _requeue_or_log(model, EventKind.RETRY, f"Retry requested (generation {model.generation}).", actor)
+    reconcile_soon()
+    return model
+
+
+def resume_after_force(model: ServeModel, run, actor) -> ServeModel:
+    """A person forced the preflight of the model's current generation: deploy it. A model changed
+    since (a newer generation) gets its own preflight instead, so the force is only recorded."""
+    message = f"Preflight #{run.pk} forced by {actor.username}: {run.force_reason}"
+    with transaction.atomic():
+        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        if model.generation != run.generation or model.state in (State.DELETING, State.DELETED):
+            model.log(EventKind.PREFLIGHT_FORCED, f"{message} (generation {run.generation}; the model has moved on, so nothing is re-applied)", actor=actor)
+            return model
+        if model.state == State.FAILED:
+            model.move_to(State.QUEUED, EventKind.PREFLIGHT_FORCED, message, actor=actor, also={"rejected_config_hash": "", "deadline": None})
+        else:
+            ServeModel.objects.filter(pk=model.pk).update(rejected_config_hash="")
+            model.log(EventKind.PREFLIGHT_FORCED, message, actor=actor)
+    reconcile_soon()
+    return model
+
+
 def _summary(resolved: ResolvedSpec) -> str:
     return f"{resolved.num_replicas} replica(s) × {resolved.gpus_per_replica} GPU(s) from {resolved.model_source}"
 

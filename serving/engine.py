@@ -44,11 +44,15 @@ def current_engine() -> str:
 
 
 def llm_config_for(model, engine: str | None = None) -> dict:
+    """The model's config for Serve. A model the CUDA probe moved to the CPU engine (its
+    `engine_override`) keeps that engine whatever the cluster's default is."""
+    from gates.preflight.config import effective_config
     from serving.llm_config import build_llm_config
 
     return build_llm_config(
         model.resolved_spec,
-        engine=engine or current_engine(),
+        engine=getattr(model, "engine_override", "") or engine or current_engine(),
         accelerator_type=settings.GANTRY_ACCELERATOR_TYPE,
         hf_home=str(settings.GANTRY_HF_ROOT),
+        secret_names=effective_config(model.resolved_spec.get("preflight")).secrets,
     )

@@ -5,9 +5,31 @@ from copy import deepcopy
 
 # What ran on the CPU engine here (shared/DESIGN.md, "Runtime"); a user's engine_kwargs win.
 CPU_ENGINE_DEFAULTS = {"dtype": "float32", "max_model_len": 256, "enforce_eager": True, "max_num_seqs": 4}
+# A secret's value never enters a config (configs are stored in revisions and hashed): the config
+# carries this placeholder, and the Ray client puts the value in its place at apply time.
+SECRET_PLACEHOLDER = "gantry-secret:"
 
 
-def build_llm_config(resolved_spec: dict, *, engine: str, accelerator_type: str = "", hf_home: str = "") -> dict:
+def secret_placeholder(name: str) -> str:
+    return f"{SECRET_PLACEHOLDER}{name}"
+
+
+def with_secrets(config: dict, secrets: dict[str, str]) -> dict:
+    """A copy of `config` with each secret placeholder replaced by its value: what Serve is given at
+    apply time, and never stored. A placeholder without a value is an error naming the secret."""
+    filled = deepcopy(config)
+    env_vars = filled.get("runtime_env", {}).get("env_vars", {})
+    for name, value in list(env_vars.items()):
+        if isinstance(value, str) and value == secret_placeholder(name):
+            if name not in secrets:
+                raise LookupError(f"the secret {name} the spec requires is not set; set it on the Secrets page and retry")
+            env_vars[name] = secrets[name]
+    return filled
+
+
+def build_llm_config(
+    resolved_spec: dict, *, engine: str, accelerator_type: str = "", hf_home: str = "", secret_names: tuple[str, ...] = ()
+) -> dict:
     """A plain dict with LLMConfig's field names: hashable, storable in a revision, and turned into
     a real LLMConfig only inside the Ray client."""
     gpus = int(resolved_spec["gpus_per_replica"])
@@ -15,6 +37,8 @@ def build_llm_config(resolved_spec: dict, *, engine: str, accelerator_type: str 
     env_vars = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if hf_home:
         env_vars["HF_HOME"] = hf_home
+    for name in secret_names:
+        env_vars[name] = secret_placeholder(name)
     config: dict = {
         "model_loading_config": {"model_id": resolved_spec["model_id"], "model_source": resolved_spec["model_source"]},
         "deployment_config": {"num_replicas": int(resolved_spec["num_replicas"])},

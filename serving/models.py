@@ -66,6 +66,7 @@ class ServeModel(models.Model):
     last_observation = models.TextField(blank=True, help_text="Last Serve message recorded, so each is logged once.")
     change_reason = models.CharField(max_length=200, blank=True, help_text="Why the desired spec last changed; becomes the next revision's reason.")
     deadline = models.DateTimeField(null=True, blank=True, help_text="When a deploy that has not become RUNNING fails.")
+    engine_override = models.CharField(max_length=8, blank=True, help_text="'cpu' when the CUDA probe moved this model to the CPU engine; '' follows the cluster.")
     state_changed_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -92,6 +93,11 @@ class ServeModel(models.Model):
     @property
     def gpus_per_replica(self) -> int:
         return int(self.resolved_spec["gpus_per_replica"])
+
+    @property
+    def placed_gpus_per_replica(self) -> int:
+        """The GPUs each replica really takes: none once the CUDA probe moved it to the CPU engine."""
+        return 0 if self.engine_override == "cpu" else self.gpus_per_replica
 
     @property
     def gpus_needed(self) -> int:

@@ -275,8 +275,13 @@ class Tick:
             self.check_source(model)
         except SpecError as exc:
             return self.refuse(model, digest, f"model_source is no longer a folder you may serve: {exc.message}", previous, app)
+        if not self.passes_preflight(model, digest, previous, app):
+            return
+        # The preflight may have moved the model to the CPU engine (or back): the config follows.
+        config = llm_config_for(model, engine=self.engine)
+        digest = config_hash(config)
         replicas = self.replicas_to_place(model, previous, app)
-        if not self.ledger.fits(replicas, model.gpus_per_replica):
+        if not self.ledger.fits(replicas, model.placed_gpus_per_replica):
             return self.wait_for_gpus(model, replicas)
         reason = model.change_reason or _reason(previous, digest, config)
         try:
@@ -284,14 +289,37 @@ class Tick:
                 self.call("delete_model", model.model_key)  # scale to zero: free the GPUs, keep the record
                 self.left_serve = app is not None
             else:
-                self.call("apply_model", model.model_key, config, previous.config if (previous and app) else None)
+                secrets = self.secrets_for(model)
+                self.call("apply_model", model.model_key, config, previous.config if (previous and app) else None, secrets=secrets)
         except ServeUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001 — whatever Serve raised is the user's reason
             return self.refuse(model, digest, tail(f"{type(exc).__name__}: {exc}"), previous, app)
-        self.ledger.take(replicas, model.gpus_per_replica)
+        self.ledger.take(replicas, model.placed_gpus_per_replica)
         self.record_applied(model, config, digest, reason, previous)
         self.report.applied.append(model.model_key)
+
+    def passes_preflight(self, model: ServeModel, digest: str, previous: ServeRevision | None, app: AppStatus | None) -> bool:
+        """The four preflight guards (gates/preflights.py) stand before every apply of a new spec;
+        a run of them is a task on the gates queue, which wakes this reconciler when it is done."""
+        from gates.preflights import verdict_for_apply
+
+        verdict = verdict_for_apply(model)
+        if verdict.state == "pending":
+            observe(model, EventKind.PREFLIGHT, verdict.message)
+            return False
+        if verdict.state == "failed":
+            self.refuse(model, digest, verdict.message, previous, app, kind=EventKind.PREFLIGHT_FAILED)
+            return False
+        engine = verdict.run.engine
+        if engine != model.engine_override and model.update_if_unchanged(engine_override=engine):
+            if engine:
+                cuda = next((r for r in verdict.run.guard_results if r.guard == "cuda"), None)
+                why = cuda.summary if cuda else "the CUDA probe asked for it"
+                model.log(EventKind.ENGINE_FALLBACK, f"Deploying on the CPU engine instead of the GPU: {why} (preflight #{verdict.run.pk}).")
+            else:
+                model.log(EventKind.ENGINE_FALLBACK, f"Back on the cluster's engine: preflight #{verdict.run.pk} found the GPU driver fit.")
+        return True
 
     def check_source(self, model: ServeModel) -> None:
         """The path jail again, at every apply: a folder checked at submit can since have become a
@@ -302,7 +330,7 @@ class Tick:
 
     def replicas_to_place(self, model: ServeModel, previous: ServeRevision | None, app: AppStatus | None) -> int:
         """Replicas that need GPUs they do not hold yet: all of them, or a scale-up's difference."""
-        if previous is None or app is None or _gpus_per_replica(previous) != model.gpus_per_replica:
+        if previous is None or app is None or _gpus_per_replica(previous) != model.placed_gpus_per_replica:
             return model.num_replicas
         return max(model.num_replicas - _replicas(previous), 0)
 
@@ -329,7 +357,7 @@ class Tick:
                 fields["change_reason"] = ""
             message = (
                 f"Applied revision {revision.number} ({reason}): {model.num_replicas} replica(s) × "
-                f"{model.gpus_per_replica} GPU(s)."
+                f"{model.placed_gpus_per_replica} GPU(s)."
             )
             if current.state == model.state:
                 fields["deadline"] = self.now + timedelta(seconds=settings.GANTRY_DEPLOY_TIMEOUT_S)
@@ -344,7 +372,7 @@ class Tick:
 
     def wait_for_gpus(self, model: ServeModel, replicas: int) -> None:
         message = (
-            f"Needs {replicas * model.gpus_per_replica} GPU(s) ({replicas} replica(s) × {model.gpus_per_replica}, each "
+            f"Needs {replicas * model.placed_gpus_per_replica} GPU(s) ({replicas} replica(s) × {model.placed_gpus_per_replica}, each "
             f"replica's on one node); {self.ledger.describe()}. Waiting for GPUs."
         )
         if model.state in (State.QUEUED, State.DEPLOYING):
@@ -356,18 +384,44 @@ class Tick:
                 return
         observe(model, EventKind.PENDING_RESOURCES, message)
 
-    def refuse(self, model: ServeModel, digest: str, reason: str, previous: ServeRevision | None, app: AppStatus | None) -> None:
+    def refuse(
+        self, model: ServeModel, digest: str, reason: str, previous: ServeRevision | None, app: AppStatus | None, *, kind: str = EventKind.APPLY_FAILED
+    ) -> None:
         """The apply raised (or was not allowed): Serve kept what it had, so the model says why and
         does not retry by itself. A model Serve still runs keeps serving; any other fails."""
+        reason = self.redact(model, reason)
         if model.state == State.RUNNING and app is not None:
             still = f" Still serving revision {previous.number}." if previous else ""
             summary = f"Generation {model.generation} was not applied: {reason}"
             if model.update_if_unchanged(rejected_config_hash=digest, change_reason="", error_summary=summary):
-                model.log(EventKind.APPLY_FAILED, f"Serve refused generation {model.generation}: {reason}.{still}")
+                refused = "Gantry did not apply" if kind == EventKind.PREFLIGHT_FAILED else "Serve refused"
+                model.log(kind, f"{refused} generation {model.generation}: {reason}.{still}")
             return
         also = {"rejected_config_hash": digest, "change_reason": ""}
-        message = f"Applying to Serve failed: {reason}"
-        model.move_to(State.FAILED, EventKind.APPLY_FAILED, message, error=reason, expect_generation=model.generation, also=also)
+        message = reason if kind == EventKind.PREFLIGHT_FAILED else f"Applying to Serve failed: {reason}"
+        model.move_to(State.FAILED, kind, message, error=reason, expect_generation=model.generation, also=also)
+
+    def secrets_for(self, model: ServeModel) -> dict[str, str]:
+        """The values of the secrets the spec names, for this apply only (never stored with the config)."""
+        from gates.preflight.config import effective_config
+        from gates.secrets import values_for
+
+        names = effective_config(model.resolved_spec.get("preflight")).secrets
+        return values_for(model.owner, names) if names else {}
+
+    def redact(self, model: ServeModel, text: str) -> str:
+        """Whatever Serve or the engine said, with any of the model's secret values blanked out."""
+        from gates.preflight.config import effective_config
+        from gates.secrets import redact, values_for
+
+        names = effective_config(model.resolved_spec.get("preflight")).secrets
+        if not names:
+            return text
+        try:
+            values = values_for(model.owner, [n for n in names if n])
+        except Exception:  # noqa: BLE001 — a secret deleted meanwhile has no value to hide
+            return text
+        return redact(text, values.values())
 
     def observe_deploy(self, model: ServeModel, app: AppStatus | None) -> None:
         if model.num_replicas == 0:
@@ -558,6 +612,8 @@ def _replicas(revision: ServeRevision) -> int:
 
 
 def _gpus_per_replica(revision: ServeRevision) -> int:
+    if (revision.config.get("accelerator_config") or {}).get("kind") == "cpu":
+        return 0  # applied on the CPU engine (the CUDA probe's fallback, or a CPU cluster)
     return int(revision.resolved_spec["gpus_per_replica"])
 
 

@@ -19,6 +19,8 @@ from typing import Any, Callable, NamedTuple
 
 import yaml
 
+from gates.preflight.config import PreflightConfigError, validate_block
+
 
 class SpecError(Exception):
     """A spec the user must fix; the API renders it as {"error": {status, code, message, field}}."""
@@ -61,7 +63,7 @@ def _as_field(key: Any) -> str:
     return text if len(text) <= ECHO_CHARS else shown(text)
 
 
-SPEC_FIELDS = ("model_id", "model_source", "num_replicas", "gpus_per_replica", "engine_kwargs")
+SPEC_FIELDS = ("model_id", "model_source", "num_replicas", "gpus_per_replica", "engine_kwargs", "preflight")
 SUFFIX_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}")
 SUFFIX_RULE = "1 to 64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 MAX_REPLICAS = 64
@@ -146,6 +148,7 @@ class ServingSpec:
     num_replicas: int
     gpus_per_replica: int
     engine_kwargs: dict
+    preflight: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,13 @@ class ResolvedSpec:
     num_replicas: int
     gpus_per_replica: int
     engine_kwargs: dict
+    # The spec's `preflight:` block as written (gates/preflight/config.py); {} when it has none.
+    preflight: dict = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)  # copies engine_kwargs, so callers cannot edit a frozen spec
+        if not data["preflight"]:
+            del data["preflight"]  # specs without the block read (and hash) as they always did
         return {"model_id": data.pop("model_id"), **data}  # public id first: it is what a reader looks for
 
     def to_yaml(self) -> str:
@@ -172,6 +179,8 @@ class ResolvedSpec:
         # Stored revisions come back through here on rollback: hold them to today's rules, except the
         # path, which was resolved when it was stored and is checked again by whoever deploys it.
         keys = [f.name for f in dataclasses.fields(cls)]
+        if isinstance(data, dict) and "preflight" not in data:
+            data = {**data, "preflight": {}}
         if not isinstance(data, dict) or set(data) != set(keys):
             found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
             raise _invalid(None, f"a resolved spec needs exactly the keys {', '.join(keys)}; got {found}")
@@ -181,7 +190,8 @@ class ResolvedSpec:
         gpus = _validate_gpus(data["gpus_per_replica"])
         kwargs = _validate_engine_kwargs(data["engine_kwargs"], gpus)
         num_replicas = validate_num_replicas(data["num_replicas"])
-        return cls(data["suffix"], data["model_id"], data["model_source"], num_replicas, gpus, kwargs)
+        preflight = _validate_preflight(data["preflight"])
+        return cls(data["suffix"], data["model_id"], data["model_source"], num_replicas, gpus, kwargs, preflight)
 
 
 # --- parse and validate -------------------------------------------------------------------------
@@ -306,6 +316,13 @@ def _validate_engine_kwargs(value: Any, gpus_per_replica: int) -> dict:
     return dict(value)
 
 
+def _validate_preflight(value: Any) -> dict:
+    try:
+        return validate_block(value)
+    except PreflightConfigError as exc:
+        raise _invalid(exc.field, exc.message) from None
+
+
 def validate_spec(data: dict, *, engine: str) -> ServingSpec:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
@@ -331,7 +348,8 @@ def validate_spec(data: dict, *, engine: str) -> ServingSpec:
     num_replicas = validate_num_replicas(data.get("num_replicas", 1))
     gpus = _validate_gpus(data.get("gpus_per_replica", 1 if engine == "gpu" else 0))
     engine_kwargs = _validate_engine_kwargs(data.get("engine_kwargs"), gpus)
-    return ServingSpec(suffix, source, num_replicas, gpus, engine_kwargs)
+    preflight = _validate_preflight(data.get("preflight"))
+    return ServingSpec(suffix, source, num_replicas, gpus, engine_kwargs, preflight)
 
 
 # --- resolve ------------------------------------------------------------------------------------
@@ -426,7 +444,7 @@ def resolve_spec(spec: ServingSpec, *, username: str, created_at: datetime, root
     model_id = make_model_id(username, created_at, spec.suffix)
     source = resolve_model_source(spec.model_source, username=username, roots=roots)
     kwargs = dict(spec.engine_kwargs)
-    return ResolvedSpec(spec.suffix, model_id, source, spec.num_replicas, spec.gpus_per_replica, kwargs)
+    return ResolvedSpec(spec.suffix, model_id, source, spec.num_replicas, spec.gpus_per_replica, kwargs, dict(spec.preflight))
 
 
 def load_spec(text: str, *, username: str, created_at: datetime, roots: Roots, engine: str) -> ResolvedSpec:

@@ -12,6 +12,7 @@ urlpatterns = [
     path("<str:model_key>", views.detail, name="detail"),
     path("<str:model_key>/scale", views.scale, name="scale"),
     path("<str:model_key>/delete", views.delete, name="delete"),
+    path("<str:model_key>/retry", views.retry, name="retry"),
     path("<str:model_key>/diff", views.diff, name="diff"),
     path("<str:model_key>/rollback/<int:number>", views.rollback, name="rollback"),
 ]

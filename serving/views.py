@@ -33,7 +33,7 @@ EVENTS_PAGE = 50
 MAX_LISTED_FOLDERS = 200
 SPEC_ORDER = ("model_id", "suffix", "model_source", "num_replicas", "gpus_per_replica", "engine_kwargs")
 # What a model waiting in QUEUED or DEPLOYING is waiting for, in the reconciler's words.
-WAITING_KINDS = (EventKind.PENDING_RESOURCES, EventKind.SERVE_STATUS, EventKind.SERVE_UNAVAILABLE)
+WAITING_KINDS = (EventKind.PENDING_RESOURCES, EventKind.SERVE_STATUS, EventKind.SERVE_UNAVAILABLE, EventKind.PREFLIGHT)
 
 
 def _see_other(url: str) -> HttpResponseRedirect:
@@ -195,6 +195,7 @@ def _live_context(model: ServeModel, before: int | None = None) -> dict:
         "diff_a": rows[1].revision.number if len(rows) > 1 else None,
         "diff_b": rows[0].revision.number if rows else None,
         "changeable": model.state not in (State.DELETING, State.DELETED),
+        "preflight": model.preflight_runs.order_by("-created_at", "-id").first(),
         # Terminal states wait for a person, so the partial is rendered without its trigger and the
         # browser stops asking. A page of older events is history: it does not poll either.
         "polling": not model.is_settled and before is None,
@@ -258,6 +259,18 @@ def scale(request: HttpRequest, model_key: str) -> HttpResponse:
         messages.success(request, f"Scaling {model.model_id} to {model.num_replicas} replica(s) requested.")
         return _see_other(_detail_url(model))
     return render(request, "serving/detail.html", _page_context(request, model, scale_form=form), status=status)
+
+
+@require_POST
+def retry(request: HttpRequest, model_key: str) -> HttpResponse:
+    model = _owned(request, model_key)
+    try:
+        model = deployments.retry(model, request.user)
+    except deployments.ChangeRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Retry of {model.model_id} requested: a fresh preflight, then the deploy.")
+    return _see_other(_detail_url(model))
 
 
 @vary_on_headers("HX-Request")

@@ -15,7 +15,6 @@ from django.conf import settings
 from django.db import connection
 
 from health.choices import Status
-from health.models import record_reading
 
 Reading = tuple[str, str]  # (status, detail)
 
@@ -56,6 +55,10 @@ def _read(result: Result) -> None:
 
 def run_cycle(probes: list[Probe]) -> list[Result]:
     """Read every probe and record each reading; returns the results (cost included)."""
+    # Imported here, not at the top: health/probes/gpu.py runs inside Ray's worker processes,
+    # where Django is not set up, and importing it must not pull in the models.
+    from health.models import record_reading
+
     timeout = settings.GANTRY_HEALTH_PROBE_TIMEOUT_S
     results = [Result(probe) for probe in probes]
     threads = [threading.Thread(target=_read, args=(r,), name=f"probe {r.probe.name}", daemon=True) for r in results]

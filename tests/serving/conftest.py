@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.serving.fake_serve import FakeServe, reset_shared
+from tests.serving.fake_serve import FakeServe, reset_shared, shared_fake
 
 
 @pytest.fixture
@@ -25,3 +25,20 @@ def gpu_engine(settings):
 def fake_serve(settings) -> FakeServe:
     settings.GANTRY_SERVE_CLIENT = "tests.serving.fake_serve.shared_fake"
     return reset_shared(FakeServe(gpus=8))
+
+
+@pytest.fixture(autouse=True)
+def preflight_at_once(monkeypatch):
+    """A deploy's preflight runs as soon as it is asked for, in this process, instead of on the
+    gates queue: these tests drive the reconciler tick by tick with no worker. The run itself is
+    the real one (gates/preflights.py), reading a fake cluster's runtime (a healthy GPU cluster
+    unless a test says otherwise); tests/gates/test_preflight_deploy.py checks the queue."""
+    from gates import preflights
+
+    def run_now(run):
+        from django.conf import settings
+
+        client = shared_fake() if settings.GANTRY_SERVE_CLIENT.endswith("shared_fake") else FakeServe()
+        preflights.run_for_deploy(run.pk, client)
+
+    monkeypatch.setattr(preflights, "enqueue", run_now)

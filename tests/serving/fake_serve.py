@@ -26,6 +26,7 @@ from serving.client import (
     ServeUnavailable,
     _differs_only_in_replicas,
 )
+from serving.llm_config import with_secrets
 
 
 class FakeServe(ServeClient):
@@ -48,6 +49,9 @@ class FakeServe(ServeClient):
         self.release = threading.Event()
         self.starts = 0
         self.asked: list[str] = []  # every ServeClient method called, in order
+        self.envs: dict[str, dict] = {}  # model_key -> the env vars its replicas got at the last apply
+        # What node_runtimes() reports per node; None: a healthy runtime (GPU nodes with a fitting driver).
+        self.runtimes: list[dict] | None = None
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -73,10 +77,12 @@ class FakeServe(ServeClient):
         self._enter("ensure_started")
         self.starts += 1
 
-    def apply_model(self, model_key: str, config: dict, previous: dict | None = None) -> None:
+    def apply_model(self, model_key: str, config: dict, previous: dict | None = None, *, secrets: dict[str, str] | None = None) -> None:
         self._enter("apply_model")
         with self._lock:
             self.calls.append(("apply", model_key, config, previous))
+            # What the replicas' environment would hold, as Serve would be given it.
+            self.envs[model_key] = with_secrets(config, secrets or {})["runtime_env"]["env_vars"]
             if model_key in self.fail_apply:
                 raise RuntimeError(self.fail_apply[model_key])
             replicas = config["deployment_config"]["num_replicas"]
@@ -119,6 +125,20 @@ class FakeServe(ServeClient):
             total = sum(self.node_gpus().values())
             nodes = tuple({"node_id": node, "gpus": gpus, "free_gpus": free[node]} for node, gpus in self.node_gpus().items())
             return ClusterResources(total, sum(free.values()), 16, 16, nodes, reserved)
+
+    def node_runtimes(self) -> list[dict]:
+        self._enter("node_runtimes")
+        if self.runtimes is not None:
+            return [dict(r) for r in self.runtimes]
+        from gates.preflight.runtime import local_node_runtime
+
+        # By default a healthy GPU cluster: every node has NVIDIA GPUs (at least one, even where the
+        # test gives Ray none to schedule) and a driver that runs the CUDA 12.8 build installed there.
+        local = local_node_runtime().as_dict()
+        return [
+            {**local, "node_id": node, "gpus": max(int(gpus), 1), "driver_version": "570.86", "driver_cuda": "12.8", "torch_cuda": "12.8", "nvml_error": ""}
+            for node, gpus in self.node_gpus().items()
+        ]
 
     def failure_cause(self, model_key: str, limit: int = 2000) -> str:
         self._enter("failure_cause")

@@ -52,8 +52,8 @@ class ServeWithUsers(FakeServe):
         super().__init__(*args, **kwargs)
         self.during_apply_of, self.change, self.fired = during_apply_of, change, False
 
-    def apply_model(self, model_key, config, previous=None):
-        super().apply_model(model_key, config, previous)
+    def apply_model(self, model_key, config, previous=None, **kwargs):
+        super().apply_model(model_key, config, previous, **kwargs)
         if model_key == self.during_apply_of and not self.fired:
             self.fired = True
             from_another_connection(self.change)
@@ -118,12 +118,12 @@ def test_an_update_made_while_a_failure_is_recorded_is_not_lost(alice):
         deployments.submit_spec(alice, spec("a", engine_kwargs="{max_model_len: 1024}"))
 
     class RefusingServe(ServeWithUsers):
-        def apply_model(self, model_key, config, previous=None):
+        def apply_model(self, model_key, config, previous=None, **kwargs):
             if not self.fired:
                 self.fired = True
                 from_another_connection(self.change)
                 raise RuntimeError("bad accelerator")
-            super().apply_model(model_key, config, previous)
+            super().apply_model(model_key, config, previous, **kwargs)
 
     serve = RefusingServe(gpus=8, during_apply_of=model.model_key, change=user_updates)
     reconcile(serve)

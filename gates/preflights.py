@@ -1,0 +1,285 @@
+"""Preflight runs: before a deploy (in a worker, on the `gates` queue), on demand (the model's page,
+the API), and from the CLI. The guards are in gates/preflight/; this module gives them their inputs
+(the folder, the effective settings, the runtime, the owner's secret names), stores what they
+found, and records what a person decided (a force, with who and why).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from dashboard.models import AuditEntry
+from gates.models import PreflightRun, RuntimeReading, spec_digest
+from gates.preflight.base import NodeRuntime, PreflightContext, Runtime, SecretNames
+from gates.preflight.config import effective_config
+from gates.preflight.runner import engine_from, run_guards, verdict
+
+log = logging.getLogger(__name__)
+
+
+class ForceRefused(Exception):
+    """This run cannot be forced (nothing failed, or what failed is not a version skew)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+# --- The runtime the versions and drivers are compared with ----------------------------------------
+
+def _alive_node_ids() -> list[str]:
+    from serving.models import ClusterSnapshot
+
+    nodes = (ClusterSnapshot.current().resources or {}).get("nodes") or []
+    return sorted(str(n.get("node_id", "")) for n in nodes)
+
+
+def read_cluster_runtime(client) -> Runtime:
+    """In a worker: the cluster's runtime, read again when older than GANTRY_PREFLIGHT_RUNTIME_TTL_S or
+    when the cluster's nodes changed (a node added with another image is exactly the skew to catch)."""
+    from serving.client import call_with_timeout
+
+    reading = RuntimeReading.objects.filter(name=RuntimeReading.ONE).first()
+    now = timezone.now()
+    alive = _alive_node_ids()
+    if reading and reading.read_at and (now - reading.read_at).total_seconds() < settings.GANTRY_PREFLIGHT_RUNTIME_TTL_S:
+        if not alive or sorted(reading.node_ids) == alive:
+            return Runtime.from_dict(reading.runtime)
+    try:
+        nodes = call_with_timeout(client.node_runtimes, timeout_s=settings.GANTRY_SERVE_CALL_TIMEOUT_S, what="node_runtimes") or []
+        why = "the cluster reported no nodes" if not nodes else ""
+    except Exception as exc:  # noqa: BLE001 — an unreachable cluster is said in the report, not raised
+        nodes, why = [], f"{type(exc).__name__}: {str(exc)[:200]}"
+    if nodes:
+        runtime = Runtime("cluster", tuple(NodeRuntime.from_dict(n) for n in nodes), read_at=now.isoformat())
+        if any(n.error for n in runtime.nodes):
+            return runtime  # used once, not kept: a node that did not answer is asked again next time
+        RuntimeReading.objects.update_or_create(
+            name=RuntimeReading.ONE, defaults={"runtime": runtime.as_dict(), "node_ids": sorted(n.node_id for n in runtime.nodes), "read_at": now}
+        )
+        return runtime
+    if reading:
+        old = Runtime.from_dict(reading.runtime)
+        return Runtime(old.source, old.nodes, old.read_at, f"could not read the cluster again ({why}); using the reading of {old.read_at}")
+    return _local(f"the cluster could not be asked ({why})")
+
+
+def cached_runtime() -> Runtime:
+    """For the web process and the CLI, which never ask Ray: the workers' last reading of the cluster."""
+    reading = RuntimeReading.objects.filter(name=RuntimeReading.ONE).first()
+    if reading and reading.runtime:
+        return Runtime.from_dict(reading.runtime)
+    return _local("no worker has read the cluster's runtime yet")
+
+
+def _local(why: str) -> Runtime:
+    from gates.preflight.runtime import local_runtime
+
+    return local_runtime(f"{why}; compared with this machine's runtime instead")
+
+
+# --- Running ---------------------------------------------------------------------------------------
+
+def _secret_names(owner) -> SecretNames:
+    if owner is None:  # the CLI without --user: a CI step passes secrets as environment variables
+        return SecretNames(lambda: set(os.environ), "this process's environment")
+    from gates.secrets import store_names
+
+    return store_names(owner)
+
+
+def context_for(run: PreflightRun, runtime: Runtime, *, wait_for_secrets: bool, engine: str | None = None) -> PreflightContext:
+    from serving.engine import current_engine
+
+    return PreflightContext(
+        folder=Path(run.folder),
+        config=effective_config(run.resolved_spec.get("preflight")),
+        runtime=runtime,
+        secrets=_secret_names(run.owner),
+        engine=engine or current_engine(),
+        gpus_per_replica=int(run.resolved_spec.get("gpus_per_replica", 0)),
+        wait_for_secrets=wait_for_secrets,
+    )
+
+
+def new_run(resolved_spec: dict, *, trigger: str, owner=None, model=None, status: str = PreflightRun.Status.PENDING) -> PreflightRun:
+    return PreflightRun.objects.create(
+        model=model,
+        model_key=model.model_key if model else "",
+        generation=model.generation if model else None,
+        spec_digest=spec_digest(resolved_spec),
+        owner=owner,
+        owner_name=getattr(owner, "username", "") or "",
+        trigger=trigger,
+        status=status,
+        folder=resolved_spec["model_source"],
+        resolved_spec=resolved_spec,
+        config=effective_config(resolved_spec.get("preflight")).as_dict(),
+        started_at=timezone.now() if status == PreflightRun.Status.RUNNING else None,
+    )
+
+
+def execute_unsaved(run: PreflightRun, runtime: Runtime, *, wait_for_secrets: bool, engine: str | None = None) -> PreflightRun:
+    """Run the guards and put what they found on `run`, without writing it (the CLI may have no database)."""
+    if not run.config:
+        run.config = effective_config(run.resolved_spec.get("preflight")).as_dict()
+    run.spec_digest = run.spec_digest or spec_digest(run.resolved_spec)
+    run.started_at = run.started_at or timezone.now()
+    results = run_guards(context_for(run, runtime, wait_for_secrets=wait_for_secrets, engine=engine))
+    run.results = [r.as_dict() for r in results]
+    run.status = verdict(results)
+    run.engine = engine_from(results)
+    run.runtime = runtime.as_dict()
+    run.finished_at = timezone.now()
+    return run
+
+
+def execute(run: PreflightRun, runtime: Runtime, *, wait_for_secrets: bool) -> PreflightRun:
+    execute_unsaved(run, runtime, wait_for_secrets=wait_for_secrets)
+    run.save(update_fields=["results", "status", "engine", "runtime", "finished_at", "config", "spec_digest", "started_at"])
+    return run
+
+
+def run_on_demand(resolved_spec: dict, *, owner, trigger: str, model=None) -> PreflightRun:
+    """The page's button and the API: at once, in this process, against the cached cluster runtime;
+    required secrets are checked as they are now (the deploy's run is the one that waits)."""
+    run = new_run(resolved_spec, trigger=trigger, owner=owner, model=model, status=PreflightRun.Status.RUNNING)
+    return execute(run, cached_runtime(), wait_for_secrets=False)
+
+
+def spec_for_user(user, text: str) -> tuple[dict, object | None]:
+    """A spec as the serving API would take it (the same parsing, validation and path jail: 400,
+    422, 403), and the user's model of that suffix if there is one. Nothing is deployed."""
+    from django.utils import timezone as tz
+
+    from serving.engine import current_engine
+    from serving.models import ServeModel
+    from serving.spec import Roots, parse_spec_yaml, resolve_spec, validate_spec
+
+    spec = validate_spec(parse_spec_yaml(text), engine=current_engine())
+    model = ServeModel.objects.filter(owner=user, suffix=spec.suffix).select_related("owner").first()
+    created_at = model.created_at if model else tz.now()
+    resolved = resolve_spec(spec, username=user.username, created_at=created_at, roots=Roots.from_settings())
+    return resolved.as_dict(), model
+
+
+def report_json(run: PreflightRun, *, saved: bool = True) -> dict:
+    return {
+        "id": run.pk,
+        "status": run.status,
+        "passed": run.passed,
+        "can_be_forced": run.can_be_forced and not run.forced,
+        "model_key": run.model_key or None,
+        "generation": run.generation,
+        "trigger": run.trigger,
+        "folder": run.folder,
+        "config": run.config,
+        "engine": run.engine or None,
+        "runtime": {k: v for k, v in run.runtime.items() if k != "nodes"} | {"nodes": len(run.runtime.get("nodes", []))},
+        "guards": run.results,
+        "forced": {"by": run.forced_by_name, "reason": run.force_reason, "at": run.forced_at.isoformat()} if run.forced else None,
+        "created_at": run.created_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "url": run.get_absolute_url() if saved and run.pk else None,
+    }
+
+
+def claim(run_id: int) -> PreflightRun | None:
+    """Take a pending run (one conditional UPDATE: two workers never run the same one)."""
+    if not PreflightRun.objects.filter(pk=run_id, status=PreflightRun.Status.PENDING).update(status=PreflightRun.Status.RUNNING, started_at=timezone.now()):
+        return None
+    return PreflightRun.objects.select_related("owner").get(pk=run_id)
+
+
+def run_for_deploy(run_id: int, client) -> PreflightRun | None:
+    run = claim(run_id)
+    if run is None:
+        return None
+    return execute(run, read_cluster_runtime(client), wait_for_secrets=True)
+
+
+# --- The gate in front of every apply --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    state: str  # "passed" | "pending" | "failed"
+    run: PreflightRun
+    message: str
+
+
+def enqueue(run: PreflightRun) -> None:
+    from gates.tasks import preflight_for_deploy
+
+    transaction.on_commit(lambda: preflight_for_deploy.delay(run.pk))
+
+
+def _stuck(run: PreflightRun) -> bool:
+    """A run a worker took and never finished (the worker died): run it again."""
+    if run.status != PreflightRun.Status.RUNNING or run.started_at is None:
+        return False
+    allowed = float(run.config.get("secret_timeout", 90)) + settings.GANTRY_SERVE_CALL_TIMEOUT_S + 120
+    return (timezone.now() - run.started_at).total_seconds() > allowed
+
+
+def verdict_for_apply(model) -> Verdict:
+    """Whether the model's current spec may go to Serve. Reuses the run of this generation, or a
+    passed run of the same spec when only the replica count changed since; otherwise starts one."""
+    digest = spec_digest(model.resolved_spec)
+    run = PreflightRun.objects.filter(model=model, trigger=PreflightRun.Trigger.DEPLOY).order_by("-created_at", "-id").first()
+    reusable = run is not None and run.spec_digest == digest and (
+        run.generation == model.generation or (run.passed and model.change_reason.startswith("scale"))
+    )
+    if not reusable:
+        run = new_run(model.resolved_spec, trigger=PreflightRun.Trigger.DEPLOY, owner=model.owner, model=model)
+        enqueue(run)
+        run.refresh_from_db()
+    elif _stuck(run):
+        PreflightRun.objects.filter(pk=run.pk, status=PreflightRun.Status.RUNNING).update(status=PreflightRun.Status.PENDING)
+        enqueue(run)
+        run.refresh_from_db()
+    url = run.get_absolute_url()
+    if not run.is_done:
+        return Verdict("pending", run, f"Preflight #{run.pk} is checking versions, the GPU driver, prompts and secrets before the deploy ({url}).")
+    if run.passed:
+        return Verdict("passed", run, "")
+    return Verdict("failed", run, f"Preflight #{run.pk} failed: {run.fail_summary()} Report: {url}")
+
+
+# --- A person's decision ----------------------------------------------------------------------------
+
+MIN_REASON_CHARS = 10
+
+
+def force(run: PreflightRun, actor, reason: str) -> PreflightRun:
+    """Deploy past a version skew, with the reason recorded beside who gave it; audited."""
+    reason = (reason or "").strip()
+    if len(reason) < MIN_REASON_CHARS:
+        raise ForceRefused(f"Say why it is safe to deploy anyway (at least {MIN_REASON_CHARS} characters): the reason is kept with your name.", "reason")
+    if len(reason) > 2000:
+        raise ForceRefused("Keep the reason under 2,000 characters.", "reason")
+    if not run.can_be_forced:
+        if run.status != PreflightRun.Status.FAIL:
+            raise ForceRefused(f"Preflight #{run.pk} did not fail ({run.status}): there is nothing to force.")
+        kinds = ", ".join(r.title for r in run.failures if not r.forceable)
+        raise ForceRefused(f"Only a version skew can be forced; {kinds} must be fixed (a missing secret or prompt variable breaks the model whoever signs for it).")
+    with transaction.atomic():
+        now = timezone.now()
+        written = PreflightRun.objects.filter(pk=run.pk, forced_at__isnull=True).update(
+            forced_by=actor, forced_by_name=actor.username, force_reason=reason, forced_at=now
+        )
+        if not written:
+            raise ForceRefused(f"Preflight #{run.pk} was already forced.")
+        AuditEntry.record(actor, "preflight.force", f"preflight #{run.pk} of {run.model_key or run.folder}", reason)
+    run.refresh_from_db()
+    if run.model_id:
+        from serving.deployments import resume_after_force
+
+        resume_after_force(run.model, run, actor)
+    return run
+
