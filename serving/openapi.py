@@ -106,6 +106,43 @@ def document() -> dict:
                     "responses": {"202": {"description": "Accepted."}, "404": _error("Unknown model or revision."), "409": _error("The model is DELETING or DELETED."), "422": _error("Missing revision or confirm."), **_AUTH_ERRORS},
                 },
             },
+            "/preflight": {
+                "post": {
+                    "summary": "Run the preflight guards on a spec now (version skew, CUDA probe, prompt lint, secrets as set now); nothing is deployed",
+                    "requestBody": {"required": True, "content": {"application/yaml": {"schema": {"$ref": "#/components/schemas/Spec"}}}},
+                    "responses": {
+                        "200": {"description": "The report: `status` ok/warn/fail, `passed`, `guards` with declared/effective evidence and a remedy, `url`."},
+                        "400": _error("The body is not YAML, or not a mapping."),
+                        "403": _error("model_source resolves outside the shared HF root and your own root."),
+                        "422": _error("The spec (or its preflight block) is invalid; `field` names the culprit."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
+            "/preflight/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "get": {"summary": "One preflight report", "responses": {"200": {"description": "The report."}, "404": _error("Unknown, or not yours."), **_AUTH_ERRORS}},
+            },
+            "/preflight/{id}/force": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "post": {
+                    "summary": "Deploy past a version skew, with a reason kept beside your name (audited); other failures cannot be forced",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string", "minLength": 10, "maxLength": 2000}}}}}},
+                    "responses": {"200": {"description": "The forced report; the model deploys."}, "403": _error("Not the owner or an admin."), "404": _error("Unknown, or not yours."), "409": _error("Nothing to force, or not a version skew."), "422": _error("The reason is missing or too short."), **_AUTH_ERRORS},
+                },
+            },
+            "/secrets": {
+                "get": {"summary": "Your secrets' names and when they were set (never a value)", "responses": {"200": {"description": "Names."}, **_AUTH_ERRORS}},
+            },
+            "/secrets/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]{0,127}$"}}],
+                "put": {
+                    "summary": "Set or replace a secret (write-only: no call returns it again)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["value"], "additionalProperties": False, "properties": {"value": {"type": "string"}}}}}},
+                    "responses": {"201": {"description": "Created."}, "200": {"description": "Replaced."}, "400": _error("Not JSON."), "422": _error("Bad name or value."), **_AUTH_ERRORS},
+                },
+                "delete": {"summary": "Delete a secret (audited)", "responses": {"204": {"description": "Deleted."}, "404": _error("Unknown, or not yours."), "422": _error("Bad name."), **_AUTH_ERRORS}},
+            },
             "/serve/status": {
                 "get": {
                     "summary": "Admins: Serve applications, cluster GPUs, models pending resources, applications Gantry does not know",
@@ -130,6 +167,13 @@ def document() -> dict:
                         "num_replicas": {"type": "integer", "minimum": 0, "maximum": 64, "default": 1},
                         "gpus_per_replica": {"type": "integer", "minimum": 0, "maximum": 8, "description": "Default 1 on the GPU engine, 0 on the CPU engine."},
                         "engine_kwargs": {"type": "object", "additionalProperties": False, "properties": {k: {} for k in sorted(ENGINE_KWARGS_ALLOWED)}},
+                        "preflight": {"type": "object", "additionalProperties": False, "properties": {
+                            "ignore_versions": {"type": "array", "items": {"type": "string"}, "description": "Semver levels (patch, minor, major) and/or model-card keys."},
+                            "secrets": {"type": "array", "items": {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]{0,127}$"}},
+                            "secret_timeout": {"type": ["number", "string"], "description": "Seconds, 0 to 3600 (\"90s\" too)."},
+                            "prompt_files": {"type": "array", "items": {"type": "string"}},
+                            "cuda_probe": {"type": "object", "properties": {"mode": {"enum": ["fallback", "warn", "fail"]}}},
+                        }},
                     },
                 },
                 "Accepted": {"type": "object", "properties": {"model_key": {"type": "string"}, "model_id": {"type": "string"}, "state": {"$ref": "#/components/schemas/State"}, "generation": {"type": "integer"}, "created": {"type": "boolean"}}},

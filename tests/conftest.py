@@ -14,6 +14,23 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-staple"
 
 
+@pytest.fixture(autouse=True)
+def preflight_at_once(monkeypatch):
+    """A deploy's preflight runs as soon as the reconciler asks for it, in this process, instead of
+    as a task on the gates queue: tests drive the reconciler tick by tick with no Celery worker (as
+    they call the reconcile task's body, not the task). The run itself is the real one, reading the
+    cluster's runtime through the configured client; tests/serving/test_preflight_gate.py checks
+    the real queue, and bench/serve_overhead.py runs it through a real worker."""
+    from gates import preflights
+
+    def run_now(run):
+        from serving.client import get_client
+
+        preflights.run_for_deploy(run.pk, get_client())
+
+    monkeypatch.setattr(preflights, "enqueue", run_now)
+
+
 @pytest.fixture
 def test_output() -> Path:
     """Where tests leave screenshots and logs for a person to look at."""

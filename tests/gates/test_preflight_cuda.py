@@ -144,3 +144,30 @@ def test_the_result_survives_its_json_round_trip():
     result = cuda.check(context(node(torch_cuda="12.8"), mode="fallback"))
 
     assert GuardResult.from_dict(result.as_dict()) == result
+
+
+# --- Which nodes count ---------------------------------------------------------------------------
+
+def test_a_cpu_only_head_node_beside_fitting_gpu_nodes_is_no_mismatch():
+    head = node("head", driver="", driver_cuda="", gpus=0, nvml_error=NO_DRIVER)
+    result = cuda.check(context(head, node("gpu-1"), node("gpu-2")))
+
+    assert result.status == OK and result.data == {}
+    assert "2 nodes" in result.summary
+    (head_line,) = [e for e in result.evidence if e.item == "node head"]
+    assert head_line.status == OK and "not placed on it" in head_line.note
+
+
+def test_one_gpu_node_with_an_old_driver_is_a_mismatch_even_beside_good_ones():
+    result = cuda.check(context(node("gpu-1"), node("gpu-2", torch_cuda="12.8", driver_cuda="12.4")))
+
+    assert result.status == WARN and result.data == {"engine": "cpu"}
+    assert "1 of 2 nodes" in result.summary
+
+
+def test_this_machine_without_a_gpu_decides_nothing_when_no_cluster_reading_exists():
+    # The web or CLI host is not where replicas run: no fallback is decided from its lack of a GPU.
+    result = cuda.check(context(node("local", driver="", driver_cuda="", gpus=0, nvml_error=NO_DRIVER), source="local"))
+
+    assert result.status == WARN and result.data == {}
+    assert "Not checked" in result.summary

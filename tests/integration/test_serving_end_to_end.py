@@ -158,3 +158,37 @@ def test_gpus_the_cluster_cannot_give_keep_the_model_queued_then_fail_at_the_dea
     model = drive(created["model_key"], lambda m: m.state == State.FAILED, timeout_s=30, expect_failure=True)
     assert "No GPUs became free" in model.error_summary
     assert created["model_key"] not in get_client().status()  # nothing half-applied to Serve
+
+
+def test_a_model_with_a_skewed_card_never_reaches_serve_until_a_person_forces_it(gantry, client, alice, tiny_model):
+    from gates.models import PreflightRun
+
+    head = gantry
+    skewed = tiny_model.parent / f"skewed-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(tiny_model, skewed)
+    card = json.loads((skewed / "model-card.json").read_text())
+    (skewed / "model-card.json").write_text(json.dumps({**card, "tokenizer_sha": "ad4c1b9"}))  # written for another tokenizer
+    alices = Api(client, alice)
+    created = alices.create(spec(suffix("skewed"), source=f"$HOME/common/hf/{skewed.name}"))
+    key = created["model_key"]
+
+    model = drive(key, lambda m: m.state == State.FAILED, timeout_s=120, expect_failure=True)
+    assert key not in get_client().status(), "a failed preflight must keep the model out of Serve"
+    run = PreflightRun.objects.get(model=model)
+    assert run.runtime["source"] == "cluster" and run.runtime["nodes"], "compared with the real cluster's workers"
+    client.force_login(alice)
+    page = client.get(f"/serving/{key}").content.decode()
+    assert "checkpoint ↔ runtime" in page and f"/gates/preflight/{run.pk}/" in page
+    report = client.get(f"/gates/preflight/{run.pk}/").content.decode()
+    assert "ad4c1b9" in report and card["tokenizer_sha"] in report  # declared beside effective
+
+    forced = client.post(
+        f"/api/v2/preflight/{run.pk}/force", data=json.dumps({"reason": "card rebuilt by hand; tokenizer unchanged since training"}),
+        content_type="application/json", **alices.auth,
+    )
+    assert forced.status_code == 200, forced.content
+    model = drive(key, lambda m: m.state == State.RUNNING)
+    assert model.model_id in listed_models(head)
+    assert ServeEvent.objects.filter(model=model, kind=EventKind.PREFLIGHT_FORCED, actor_name="alice").exists()
+    alices.delete(key)
+    drive(key, lambda m: m.state == State.DELETED)

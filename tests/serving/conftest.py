@@ -29,10 +29,8 @@ def fake_serve(settings) -> FakeServe:
 
 @pytest.fixture(autouse=True)
 def preflight_at_once(monkeypatch):
-    """A deploy's preflight runs as soon as it is asked for, in this process, instead of on the
-    gates queue: these tests drive the reconciler tick by tick with no worker. The run itself is
-    the real one (gates/preflights.py), reading a fake cluster's runtime (a healthy GPU cluster
-    unless a test says otherwise); tests/gates/test_preflight_deploy.py checks the queue."""
+    """As tests/conftest.py's, reading a fake cluster's runtime (a healthy GPU cluster unless a test
+    says otherwise): tests here build their own FakeServe where get_client() would be a real one."""
     from gates import preflights
 
     def run_now(run):

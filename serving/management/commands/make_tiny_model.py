@@ -75,6 +75,18 @@ def build_tokenizer(folder: Path) -> None:
     (folder / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
 
 
+def write_model_card(folder: Path) -> None:
+    """model-card.json as a training job would write it: the tokenizer's sha and the versions it was
+    built with, which the version-skew preflight compares with the runtime that serves it."""
+    from gates.preflight.runtime import installed_versions
+    from gates.preflight.versions import tokenizer_digest
+
+    versions = installed_versions()
+    card = {"model": folder.name, "tokenizer_sha": tokenizer_digest(folder)[0]}
+    card.update({key: versions[key] for key in ("torch", "transformers", "tokenizers") if versions.get(key)})
+    (folder / "model-card.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
 def build_model(folder: Path) -> None:
     import torch
     from tokenizers import Tokenizer
@@ -120,6 +132,7 @@ class Command(BaseCommand):
             (folder / name).unlink(missing_ok=True)
         build_tokenizer(folder)
         build_model(folder)
+        write_model_card(folder)
         for path in folder.iterdir():
             if path.is_file():
                 # safetensors writes 0600; Ray's workers may run as another user (the ray image's).

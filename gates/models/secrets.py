@@ -1,4 +1,4 @@
-
+"""Users' secrets (write-only, encrypted at rest by gates/secrets.py) and the gates app's permissions."""
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -49,6 +49,3 @@ class Secret(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} of {self.owner}"
-
-
-from gates.models_preflight import PreflightRun, RuntimeReading, spec_digest  # noqa: E402,F401  (one models module per app)
