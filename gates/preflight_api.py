@@ -8,8 +8,10 @@ from django.views.decorators.http import require_GET, require_POST
 from dashboard.api import json_error
 from gates import preflights
 from gates.models import PreflightRun, spec_digest
-from gates.preflight_views import may_decide, not_forceable_here, visible_runs
+from gates.preflight_views import may_decide, visible_runs
 from serving.api import _body_text, _json_body, api_errors
+
+_report = preflights.report_json  # its can_be_forced answers "may I POST …/force"
 
 
 @require_POST
@@ -21,7 +23,7 @@ def run_preflight(request: HttpRequest) -> JsonResponse:
         # page as that model's preflight.
         model = None
     run = preflights.run_on_demand(resolved, owner=request.user, trigger=PreflightRun.Trigger.API, model=model)
-    return JsonResponse(preflights.report_json(run))
+    return JsonResponse(_report(run))
 
 
 @require_GET
@@ -29,7 +31,7 @@ def preflight_report(request: HttpRequest, pk: int) -> JsonResponse:
     run = visible_runs(request.user).filter(pk=pk).first()
     if run is None:
         return json_error(404, "not_found", "No such preflight run (or it is not yours).")
-    return JsonResponse(preflights.report_json(run))
+    return JsonResponse(_report(run))
 
 
 @require_POST
@@ -40,7 +42,9 @@ def force_preflight(request: HttpRequest, pk: int) -> JsonResponse:
         return json_error(404, "not_found", "No such preflight run (or it is not yours).")
     if not may_decide(request.user, run):
         return json_error(403, "forbidden", "Only the model's owner or an admin may force its preflight.")
-    refusal = not_forceable_here(run)
+    refusal = preflights.not_forceable_here(run)
+    if refusal:
+        return json_error(409, "not_forceable", refusal)
     reason = _json_body(request).get("reason", "")
     if not isinstance(reason, str):
         return json_error(422, "invalid_reason", "reason must be text.", "reason")
@@ -50,4 +54,4 @@ def force_preflight(request: HttpRequest, pk: int) -> JsonResponse:
         if exc.field == "reason":
             return json_error(422, "invalid_reason", exc.message, "reason")
         return json_error(409, "not_forceable", exc.message)
-    return JsonResponse(preflights.report_json(run))
+    return JsonResponse(_report(run))

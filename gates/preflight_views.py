@@ -37,21 +37,13 @@ def may_decide(user, run: PreflightRun) -> bool:
     return user.is_staff or run.owner_id == user.pk
 
 
-def not_forceable_here(run: PreflightRun) -> str:
-    """Why a person cannot force this run ("" when they can). The deploy gate reads only the
-    preflight a deploy ran (verdict_for_apply), so forcing a run from the page, the API or the CLI
-    would record a decision that lets nothing through."""
-    if run.model_id is None:
-        return "This run checked a spec, not a model's deploy: deploy the spec, then force that deploy's preflight."
-    if run.trigger != PreflightRun.Trigger.DEPLOY:
-        return (f"Preflight #{run.pk} ran {run.get_trigger_display()}, not before a deploy: "
-                "force the preflight the deploy ran (linked from the model's page).")
-    return ""
-
-
 def _report_context(request: HttpRequest, run: PreflightRun, **extra) -> dict:
-    may_force = run.can_be_forced and not run.forced and not not_forceable_here(run) and may_decide(request.user, run)
-    return {"run": run, "results": run.guard_results, "may_force": may_force, "polling": not run.is_done, "reason": "", "force_error": "", **extra}
+    open_skew = run.can_be_forced and not run.forced and may_decide(request.user, run)
+    elsewhere = preflights.not_forceable_here(run) if open_skew else ""
+    return {
+        "run": run, "results": run.guard_results, "may_force": open_skew and not elsewhere, "force_elsewhere": elsewhere,
+        "polling": not run.is_done, "reason": "", "force_error": "", **extra,
+    }
 
 
 @require_GET
@@ -74,9 +66,9 @@ def force(request: HttpRequest, pk: int) -> HttpResponse:
     if not may_decide(request.user, run):
         return render(request, "gates/preflight_report.html", _report_context(request, run, force_error="Only the model's owner or an admin may force its preflight."), status=403)
     reason = request.POST.get("reason", "")
-    refusal = not_forceable_here(run)
+    refusal = preflights.not_forceable_here(run)
     if refusal:
-        return render(request, "gates/preflight_report.html", _report_context(request, run, reason=reason, force_error=refusal), status=409)
+        return render(request, "gates/preflight_report.html", _report_context(request, run, force_elsewhere=refusal), status=409)
     try:
         run = preflights.force(run, request.user, reason)
     except preflights.ForceRefused as exc:

@@ -174,7 +174,7 @@ def report_json(run: PreflightRun, *, saved: bool = True) -> dict:
         "id": run.pk,
         "status": run.status,
         "passed": run.passed,
-        "can_be_forced": run.can_be_forced and not run.forced,
+        "can_be_forced": run.can_be_forced and not run.forced and not not_forceable_here(run),
         "model_key": run.model_key or None,
         "generation": run.generation,
         "trigger": run.trigger,
@@ -256,6 +256,20 @@ def verdict_for_apply(model) -> Verdict:
 MIN_REASON_CHARS = 10
 
 
+def not_forceable_here(run: PreflightRun) -> str:
+    """Why a person cannot force this run ("" when they can). The deploy gate reads only the
+    preflight a deploy ran (verdict_for_apply), so forcing a run from the page, the API or the CLI
+    would record a decision that lets nothing through."""
+    if run.model_id is None:
+        return "This run checked a spec, not a model's deploy: deploy the spec, then force that deploy's preflight."
+    if run.trigger != PreflightRun.Trigger.DEPLOY:
+        deployed = PreflightRun.objects.filter(model_id=run.model_id, trigger=PreflightRun.Trigger.DEPLOY).order_by("-created_at", "-id").first()
+        where = f"preflight #{deployed.pk} ({deployed.get_absolute_url()})" if deployed else "the one its next deploy runs"
+        return f"Preflight #{run.pk} ran {run.get_trigger_display()}, not before a deploy: force the preflight the deploy ran, {where}."
+    return ""
+
+
+
 def force(run: PreflightRun, actor, reason: str) -> PreflightRun:
     """Deploy past a version skew, with the reason recorded beside who gave it; audited."""
     reason = (reason or "").strip()
@@ -268,6 +282,9 @@ def force(run: PreflightRun, actor, reason: str) -> PreflightRun:
             raise ForceRefused(f"Preflight #{run.pk} did not fail ({run.status}): there is nothing to force.")
         kinds = ", ".join(r.title for r in run.failures if not r.forceable)
         raise ForceRefused(f"Only a version skew can be forced; {kinds} must be fixed (a missing secret or prompt variable breaks the model whoever signs for it).")
+    elsewhere = not_forceable_here(run)
+    if elsewhere:
+        raise ForceRefused(elsewhere)
     with transaction.atomic():
         now = timezone.now()
         written = PreflightRun.objects.filter(pk=run.pk, forced_at__isnull=True).update(

@@ -195,7 +195,9 @@ def _live_context(model: ServeModel, before: int | None = None) -> dict:
         "diff_a": rows[1].revision.number if len(rows) > 1 else None,
         "diff_b": rows[0].revision.number if rows else None,
         "changeable": model.state not in (State.DELETING, State.DELETED),
-        "preflight": model.preflight_runs.order_by("-created_at", "-id").first(),
+        # The run its deploy stands on, and a check run on demand since, if any: each says what it is.
+        "preflight": (deployed := model.preflight_runs.filter(trigger="deploy").order_by("-created_at", "-id").first()),
+        "preflight_checked": model.preflight_runs.exclude(trigger="deploy").filter(**({"pk__gt": deployed.pk} if deployed else {})).order_by("-id").first(),
         # Terminal states wait for a person, so the partial is rendered without its trigger and the
         # browser stops asking. A page of older events is history: it does not poll either.
         "polling": not model.is_settled and before is None,

@@ -55,7 +55,7 @@ class Command(BaseCommand):
             run.forced_by_name, run.force_reason = getpass.getuser(), "--force on the command line"
         self._record(run, forced)
         if options["json"]:
-            self.stdout.write(json.dumps({**preflights.report_json(run, saved=run.pk is not None), "passed": run.passed or forced}, indent=2))
+            self.stdout.write(json.dumps({**preflights.report_json(run, saved=run.pk is not None), "passed": run.passed or forced, "can_be_forced": run.can_be_forced and not forced}, indent=2))
         else:
             self._print(run, forced)
         if not (run.passed or forced):
