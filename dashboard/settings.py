@@ -240,6 +240,21 @@ GANTRY_PREFLIGHT_CUDA_PROBE_MODE = env_choice("GANTRY_PREFLIGHT_CUDA_PROBE_MODE"
 GANTRY_PREFLIGHT_RUNTIME_TTL_S = env_int("GANTRY_PREFLIGHT_RUNTIME_TTL_S", 600, minimum=0)
 
 
+def _check_preflight_defaults() -> None:
+    # Held to the same rules as a spec's block, so a typo here stops start-up instead of every deploy.
+    from gates.preflight.config import PreflightConfigError, validate_block
+
+    names = {"ignore_versions": "GANTRY_PREFLIGHT_IGNORE_VERSIONS", "secrets": "GANTRY_PREFLIGHT_SECRETS"}
+    try:
+        validate_block({"ignore_versions": GANTRY_PREFLIGHT_IGNORE_VERSIONS, "secrets": GANTRY_PREFLIGHT_SECRETS})
+    except PreflightConfigError as exc:
+        setting = names.get(exc.field.removeprefix("preflight."), exc.field)
+        raise ConfigError(f"{setting}: {exc.message}") from None
+
+
+_check_preflight_defaults()
+
+
 def _secrets_keys() -> list[str]:
     """Fernet keys for users' secrets (GANTRY_SECRETS_KEYS or GANTRY_SECRETS_KEYS_FILE), newest
     first: the first encrypts, any of them decrypts, so a new key is prepended and an old one

@@ -67,3 +67,10 @@ def test_gunicorn_names_whichever_variable_is_wrong():
     assert result.returncode == 2
     assert "gantry: configuration error: GANTRY_DEPLOY_TIMEOUT_S='soon' is not a whole number." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_preflight_default_that_no_spec_could_hold_stops_start_up():
+    done = run([sys.executable, "manage.py", "check"], GANTRY_PREFLIGHT_SECRETS="openai_key")
+    assert done.returncode == 2
+    assert "configuration error: GANTRY_PREFLIGHT_SECRETS:" in done.stderr and "'openai_key' is not a secret name" in done.stderr
+    assert "Traceback" not in done.stderr
