@@ -292,8 +292,11 @@ GANTRY_HEALTH_ALERT_EMAILS = env_list("GANTRY_HEALTH_ALERT_EMAILS", [])
 GANTRY_HEALTH_ALERT_TIMEOUT_S = env_int("GANTRY_HEALTH_ALERT_TIMEOUT_S", 5, minimum=1)
 GANTRY_HEALTH_QUEUE_WARN_S = env_int("GANTRY_HEALTH_QUEUE_WARN_S", 60, minimum=1)
 GANTRY_HEALTH_QUEUE_CRITICAL_S = env_int("GANTRY_HEALTH_QUEUE_CRITICAL_S", 300, minimum=1)
+# GPU samples: how long they are kept (every one for the last hour, then one per 5 minutes).
+GANTRY_HEALTH_GPU_SAMPLES_HOURS = env_int("GANTRY_HEALTH_GPU_SAMPLES_HOURS", 24, minimum=1)
 # A cycle not started within one interval is dropped: the next one reads fresher anyway.
 CELERY_BEAT_SCHEDULE["health-probes"] = {"task": "health.tasks.run_probes", "schedule": float(GANTRY_HEALTH_INTERVAL_S), "options": {"expires": float(GANTRY_HEALTH_INTERVAL_S)}}
+CELERY_BEAT_SCHEDULE["health-gpu-samples"] = {"task": "health.tasks.thin_gpu_samples", "schedule": 300.0, "options": {"expires": 300.0}}
 
 LOGGING = {
     "version": 1,

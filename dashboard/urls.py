@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard import views
+from health import views as health_views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -12,6 +13,7 @@ urlpatterns = [
     path("settings/tokens/<int:pk>/revoke", views.revoke_token, name="revoke_token"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    path("metrics", health_views.metrics, name="metrics"),
     path("serving/", include("serving.urls")),
     path("gates/", include("gates.urls")),
     path("health/", include("health.urls")),

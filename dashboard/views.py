@@ -29,6 +29,10 @@ def home(request: HttpRequest) -> HttpResponse:
         "total": sum(counts.values()),
         "recent_events": events.order_by("-created_at", "-id")[:RECENT_EVENTS],
     }
+    if is_admin(request.user):
+        from health.panel import health_summary
+
+        context["health"] = health_summary()
     return render(request, "dashboard/home.html", context)
 
 

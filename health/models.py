@@ -1,5 +1,5 @@
-"""HealthCheck (each check's current status) and Flip (append-only history of every change, and
-the outbox alerts are sent from). GpuSample arrives with the GPU probe."""
+"""HealthCheck (each check's current status), Flip (append-only history of every change, and the
+outbox alerts are sent from) and GpuSample (one GPU's reading, kept for a bounded window)."""
 from __future__ import annotations
 
 from django.conf import settings
@@ -55,6 +55,40 @@ class Flip(AppendOnly):
 
     def __str__(self) -> str:
         return f"{self.check_name}: {self.from_status} → {self.to_status}"
+
+
+class GpuSample(models.Model):
+    """One GPU's reading at one probe cycle. Kept GANTRY_HEALTH_GPU_SAMPLES_HOURS: every one for the
+    last hour, then one per five minutes (health/samples.py thins them on beat)."""
+
+    node_id = models.CharField(max_length=64, help_text="The Ray node id.")
+    gpu_index = models.PositiveSmallIntegerField()
+    uuid = models.CharField(max_length=80, blank=True)
+    name = models.CharField(max_length=120, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+    utilization_percent = models.FloatField(null=True, blank=True)
+    memory_used_bytes = models.BigIntegerField(null=True, blank=True)
+    memory_total_bytes = models.BigIntegerField(null=True, blank=True)
+    temperature_c = models.FloatField(null=True, blank=True)
+    power_w = models.FloatField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True, help_text="The rest of the reading: clocks, throttle reasons, ECC, PCIe replays, processes, driver, node address.")
+    xids = models.JSONField(default=list, blank=True, help_text="XID events heard during this reading: [{xid, at}].")
+
+    class Meta:
+        ordering = ["node_id", "gpu_index", "at"]
+        indexes = [
+            models.Index(fields=["at"], name="health_gpusample_at"),
+            models.Index(fields=["node_id", "gpu_index", "at"], name="health_gpusample_gpu_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.node_id[:8]}:{self.gpu_index} at {self.at:%H:%M:%S}"
+
+    @property
+    def memory_percent(self) -> float | None:
+        if not self.memory_total_bytes or self.memory_used_bytes is None:
+            return None
+        return round(100 * self.memory_used_bytes / self.memory_total_bytes, 1)
 
 
 def record_reading(name: str, kind: str, status: str, detail: str, *, cost_ms: float = 0.0) -> Flip | None:

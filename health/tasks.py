@@ -18,3 +18,11 @@ def run_probes() -> int:
     results = run_cycle(all_probes())
     deliver_alerts()
     return len(results)
+
+
+@shared_task
+def thin_gpu_samples() -> dict[str, int]:
+    """Keep the GPU samples' window bounded (beat, every 5 minutes): see health/samples.py."""
+    from health.samples import thin_gpu_samples as thin
+
+    return thin()

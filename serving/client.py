@@ -188,6 +188,12 @@ class ServeClient(abc.ABC):
         this machine's runtime and says so."""
         return []
 
+    def node_gpus(self) -> list[dict]:
+        """Each alive node's GPUs, read on the node itself for the health probe: one dict per node,
+        {node_id, address, driver_version, driver_cuda, gpus (health/probes/gpu.py read_gpus' list),
+        error}. [] when this client has no nodes of its own."""
+        return []
+
 
 def get_client() -> ServeClient:
     return import_string(settings.GANTRY_SERVE_CLIENT)()
@@ -526,6 +532,27 @@ class RayServeClient(ServeClient):
             readings = _on_every_node(runtime.read_node, "gantry-node-runtime", self.NODE_RUNTIME_TIMEOUT_S)
         return [reading if isinstance(reading, dict) else _unread_node(node_id, reading) for node_id, reading in readings.items()]
 
+    def node_gpus(self) -> list[dict]:
+        """Read health/probes/gpu.py's read_node on every alive Ray node at once (a 50 ms listen for
+        XID events included), in ray.nodes() order, each with its node's address.
+
+        A node whose reading fails or does not finish in time is still listed, with gpus [] and the
+        reason in `error`. The bound stays under the probe's own timeout, so a slow node leaves the
+        others' readings in. ServeUnavailable when the cluster cannot be reached.
+        """
+        self._connect()
+        import ray
+
+        from health.probes import gpu
+
+        # Shipped by value, as in node_runtimes: gpu.py imports only the standard library and pynvml.
+        ray.cloudpickle.register_pickle_by_value(gpu)
+        timeout_s = max(1.0, settings.GANTRY_HEALTH_PROBE_TIMEOUT_S * 0.8)
+        with _cluster_errors():
+            addresses = {node["NodeID"]: node.get("NodeManagerAddress", "") for node in ray.nodes() if node.get("Alive")}
+            readings = _on_every_node(gpu.read_node, "gantry-node-gpus", timeout_s)
+        return [_node_gpu_reading(node_id, addresses.get(node_id, ""), reading) for node_id, reading in readings.items()]
+
 
 # --- Module-level helpers: one Ray driver per process --------------------------------------------
 
@@ -832,15 +859,29 @@ def _on_every_node(function: Any, name: str, timeout_s: float) -> dict[str, Any]
     return {node_id: outcome[node_id] for node_id in nodes}
 
 
+def _node_gpu_reading(node_id: str, address: str, reading: Any) -> dict:
+    """One node's GPU reading with its address; a node that did not answer, with the reason why."""
+    if isinstance(reading, dict):
+        return {**reading, "node_id": node_id, "address": address}
+    why = _why_unread(node_id, reading, "GPUs")
+    return {"node_id": node_id, "address": address, "driver_version": "", "driver_cuda": "", "gpus": [], "error": why}
+
+
+def _why_unread(node_id: str, exc: BaseException, what: str) -> str:
+    """Why a node did not report `what`, in a line (and logged)."""
+    if isinstance(exc, TimeoutError):
+        why = f"the node did not report its {what} ({exc}); it may be overloaded or unreachable"
+    else:
+        # A RayTaskError's text is the node's whole traceback; its last line names the failure.
+        lines = _plain(str(exc)).strip().splitlines()
+        why = f"reading the node's {what} failed: {lines[-1] if lines else type(exc).__name__}"
+    log.warning("node %s: %s", node_id, why)
+    return why
+
+
 def _unread_node(node_id: str, exc: BaseException) -> dict:
     """A node whose runtime could not be read, in NodeRuntime's shape plus the reason in `error`."""
     from gates.preflight.base import NodeRuntime
 
-    if isinstance(exc, TimeoutError):
-        why = f"the node did not report its runtime ({exc}); it may be overloaded or unreachable"
-    else:
-        # A RayTaskError's text is the node's whole traceback; its last line names the failure.
-        lines = _plain(str(exc)).strip().splitlines()
-        why = f"reading the node's runtime failed: {lines[-1] if lines else type(exc).__name__}"
-    log.warning("node %s: %s", node_id, why)
-    return {**NodeRuntime(node_id, packages={}, nvml_error=why).as_dict(), "error": why}
+    why = _why_unread(node_id, exc, "runtime")
+    return NodeRuntime(node_id, packages={}, nvml_error=why, error=why).as_dict()

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -24,6 +25,11 @@ class Probe:
     name: str
     kind: str
     read: Callable[[], Reading]
+    # A probe that writes more than its own check (the GPU probe: a check and samples per GPU) has
+    # `read` return (status, detail, fetched) off-thread, and `record(fetched)` -> Reading runs in
+    # the cycle's own thread once every probe answered or timed out: its writes happen in one
+    # connection, never from a thread left running past its timeout.
+    record: Callable[[Any], Reading] | None = None
 
 
 @dataclass
@@ -33,24 +39,37 @@ class Result:
     detail: str = ""
     cost_ms: float = 0.0
     done: bool = False
+    fetched: Any = None
 
 
 def all_probes() -> list[Probe]:
-    from health.probes import celery, disk, progress, tcp
+    from health.probes import celery, disk, gpu_probe, progress, tcp
 
-    return [*disk.probes(), *tcp.probes(), *celery.probes(), *progress.probes()]
+    return [*disk.probes(), *tcp.probes(), *celery.probes(), *progress.probes(), *gpu_probe.probes()]
 
 
 def _read(result: Result) -> None:
     started = time.thread_time()
     try:
-        result.status, result.detail = result.probe.read()
+        outcome = result.probe.read()
+        result.status, result.detail = outcome[0], outcome[1]
+        result.fetched = outcome[2] if len(outcome) > 2 else None
     except Exception as exc:  # noqa: BLE001 — a probe that breaks is a reading too, with its reason
         result.status, result.detail = Status.UNKNOWN, f"the probe failed: {type(exc).__name__}: {exc}"
     finally:
         result.cost_ms = round((time.thread_time() - started) * 1000, 3)
         result.done = True
         connection.close()  # this thread's own connection, if the probe used the database
+
+
+def _record(result: Result) -> None:
+    started = time.thread_time()
+    try:
+        result.status, result.detail = result.probe.record(result.fetched)
+    except Exception as exc:  # noqa: BLE001 — as in _read
+        result.status, result.detail = Status.UNKNOWN, f"recording the probe's reading failed: {type(exc).__name__}: {exc}"
+    finally:
+        result.cost_ms = round(result.cost_ms + (time.thread_time() - started) * 1000, 3)
 
 
 def run_cycle(probes: list[Probe]) -> list[Result]:
@@ -71,5 +90,7 @@ def run_cycle(probes: list[Probe]) -> list[Result]:
         if not result.done:
             # Its thread keeps running until the probe's own socket timeouts end it; its cost is unknown.
             result.status, result.detail = Status.UNKNOWN, f"the probe did not answer within {timeout} s"
+        elif result.probe.record is not None and result.fetched is not None:
+            _record(result)
         record_reading(result.probe.name, result.probe.kind, result.status, result.detail, cost_ms=result.cost_ms)
     return results

@@ -6,6 +6,8 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 # Reachable without logging in, on purpose.
 PUBLIC = {"login", "logout", "healthz", "readyz"}
+# Scraped by machines with a bearer token: a 401 that says how, never the login page.
+SCRAPED = {"/metrics"}
 
 
 def _walk(patterns, prefix=""):
@@ -42,6 +44,8 @@ def test_anonymous_requests_are_refused(client, name, path, method):
         assert response.status_code == 401
         assert response["Content-Type"] == "application/json"
         assert response.json()["error"]["code"] == "unauthenticated"
+    elif path in SCRAPED:
+        assert response.status_code == 401 and response["WWW-Authenticate"] == 'Bearer realm="gantry"'
     else:
         assert response.status_code == 302
         assert response["Location"].startswith("/login/?next=")

@@ -48,3 +48,15 @@ def receiver(settings):
     settings.GANTRY_HEALTH_ALERT_EMAILS = []
     yield hook
     hook.close()
+
+
+@pytest.fixture
+def fake(settings):
+    """FakeServe as the configured client; its `gpu_readings` are what node_gpus() reports."""
+    from tests.serving.fake_serve import reset_shared
+
+    settings.GANTRY_SERVE_CLIENT = "tests.serving.fake_serve.shared_fake"
+    settings.GANTRY_HEALTH_GRACE_READINGS = 1
+    fake = reset_shared()
+    yield fake
+    reset_shared()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from types import SimpleNamespace
 
 import pynvml
@@ -25,9 +26,17 @@ class StandInNvml:
 
     NVMLError = pynvml.NVMLError
     NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
+    NVML_CLOCK_SM, NVML_CLOCK_MEM = pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_MEM
+    NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+    NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
+    nvmlEventTypeXidCriticalError = pynvml.nvmlEventTypeXidCriticalError
 
-    def __init__(self, *, driver=b"550.54.15", cuda=12040, devices=(), init_error=None, fail=None, has_v2=True):
+    def __init__(self, *, driver=b"550.54.15", cuda=12040, devices=(), init_error=None, fail=None, has_v2=True, xids=()):
         self.driver, self.cuda, self.devices = driver, cuda, list(devices)
+        # XID events the driver sends while an event set waits: (device index, xid code), in order.
+        self.xids = list(xids)
+        self.event_sets: list[dict] = []
+        self.waits: list[int] = []
         self.init_error, self.fail = init_error, dict(fail or {})
         self.initialized = 0
         self.shutdowns = 0
@@ -105,6 +114,64 @@ class StandInNvml:
     def nvmlDeviceGetPowerUsage(self, handle):
         return self._device("nvmlDeviceGetPowerUsage", handle, "milliwatts")
 
+    def nvmlDeviceGetClockInfo(self, handle, clock):
+        assert clock in (pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_MEM)
+        return self._device("nvmlDeviceGetClockInfo", handle, "sm_clock" if clock == pynvml.NVML_CLOCK_SM else "memory_clock")
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle):
+        return self._device("nvmlDeviceGetCurrentClocksThrottleReasons", handle, "throttle")
+
+    def nvmlDeviceGetTotalEccErrors(self, handle, error_type, counter_type):
+        assert (error_type, counter_type) == (pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC)
+        return self._device("nvmlDeviceGetTotalEccErrors", handle, "ecc_uncorrected")
+
+    def nvmlDeviceGetPcieReplayCounter(self, handle):
+        return self._device("nvmlDeviceGetPcieReplayCounter", handle, "pcie_replays")
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):
+        return self._device("nvmlDeviceGetComputeRunningProcesses", handle, "compute")
+
+    def nvmlDeviceGetGraphicsRunningProcesses(self, handle):
+        return self._device("nvmlDeviceGetGraphicsRunningProcesses", handle, "graphics")
+
+    def nvmlSystemGetProcessName(self, pid):
+        return self._call("nvmlSystemGetProcessName", b"python3" if pid % 2 else "ray::ServeReplica")
+
+    def nvmlDeviceGetIndex(self, handle):
+        return self._call("nvmlDeviceGetIndex", lambda: next(i for i, d in enumerate(self.devices) if d is handle))
+
+    # Events, as NVML gives them: a set, devices registered to it, a wait that times out when empty.
+    def nvmlEventSetCreate(self):
+        def create():
+            self.event_sets.append({"registered": [], "freed": False})
+            return len(self.event_sets) - 1
+
+        return self._call("nvmlEventSetCreate", create)
+
+    def nvmlDeviceRegisterEvents(self, handle, types, event_set):
+        def register():
+            assert types == pynvml.nvmlEventTypeXidCriticalError
+            if handle.get("events") is False:
+                raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+            self.event_sets[event_set]["registered"].append(handle)
+
+        return self._call("nvmlDeviceRegisterEvents", register)
+
+    def nvmlEventSetWait_v2(self, event_set, timeout_ms):
+        def wait():
+            self.waits.append(timeout_ms)
+            registered = self.event_sets[event_set]["registered"]
+            for position, (index, code) in enumerate(self.xids):
+                if self.devices[index] in registered:
+                    del self.xids[position]
+                    return SimpleNamespace(device=self.devices[index], eventType=pynvml.nvmlEventTypeXidCriticalError, eventData=code, gpuInstanceId=0, computeInstanceId=0)
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_TIMEOUT)
+
+        return self._call("nvmlEventSetWait_v2", wait)
+
+    def nvmlEventSetFree(self, event_set):
+        self.event_sets[event_set]["freed"] = True
+
 
 def h100(uuid="GPU-6f1c…", *, milliwatts=312_456, temperature=54):
     return {
@@ -115,6 +182,14 @@ def h100(uuid="GPU-6f1c…", *, milliwatts=312_456, temperature=54):
         "utilization": SimpleNamespace(gpu=37, memory=12),
         "temperature": temperature,
         "milliwatts": milliwatts,
+        "sm_clock": 1980,
+        "memory_clock": 2619,
+        "throttle": 0x1,  # gpu_idle
+        "ecc_uncorrected": 0,
+        "pcie_replays": 0,
+        # pynvml's c_nvmlProcessInfo_t: usedGpuMemory None where NVML says NVML_VALUE_NOT_AVAILABLE.
+        "compute": [SimpleNamespace(pid=4242, usedGpuMemory=70_000_000_000)],
+        "graphics": [],
     }
 
 
@@ -195,6 +270,10 @@ def test_it_reads_each_gpu_for_the_panel():
         "index": 0, "uuid": "GPU-a", "name": "NVIDIA H100 80GB HBM3",
         "memory_total_bytes": 85_520_809_984, "memory_used_bytes": 1_048_576_000,
         "utilization_percent": 37, "temperature_c": 54, "power_w": 312.5,
+        "sm_clock_mhz": 1980, "memory_clock_mhz": 2619, "throttle_reasons": ["gpu_idle"],
+        "ecc_uncorrected": 0, "pcie_replays": 0,
+        "processes": [{"pid": 4242, "name": "ray::ServeReplica", "used_bytes": 70_000_000_000, "kind": "compute"}],
+        "xids": [],
     }
     assert second["index"] == 1 and second["power_w"] is None and second["temperature_c"] == 61
     assert nvml.shutdowns == 1
@@ -214,6 +293,121 @@ def test_no_driver_means_no_gpus():
     assert gpu.read_gpus(StandInNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)) == []
 
 
+NOT_SUPPORTED = -pynvml.NVML_ERROR_NOT_SUPPORTED
+
+
+@pytest.mark.parametrize(
+    "key, field",
+    [
+        ("sm_clock", "sm_clock_mhz"), ("memory_clock", "memory_clock_mhz"), ("throttle", "throttle_reasons"),
+        ("ecc_uncorrected", "ecc_uncorrected"), ("pcie_replays", "pcie_replays"), ("temperature", "temperature_c"),
+    ],
+)
+def test_each_new_field_the_device_does_not_support_is_none_and_the_rest_is_read(key, field):
+    nvml = StandInNvml(devices=[{**h100("GPU-a"), key: NOT_SUPPORTED}])
+
+    (reading,) = gpu.read_gpus(nvml)
+
+    assert reading[field] is None
+    assert "error" not in reading and reading["uuid"] == "GPU-a" and reading["utilization_percent"] == 37
+    others = {"sm_clock_mhz": 1980, "memory_clock_mhz": 2619, "pcie_replays": 0, "ecc_uncorrected": 0, "temperature_c": 54}
+    assert all(reading[name] == value for name, value in others.items() if name != field)
+
+
+def test_throttle_reasons_are_decoded_to_names_unknown_bits_as_hex():
+    mask = pynvml.nvmlClocksThrottleReasonHwSlowdown | pynvml.nvmlClocksThrottleReasonSwPowerCap | 0x8000
+    (reading,) = gpu.read_gpus(StandInNvml(devices=[{**h100(), "throttle": mask}]))
+
+    assert reading["throttle_reasons"] == ["sw_power_cap", "hw_slowdown", "0x8000"]
+    assert gpu.throttle_reason_names(0) == []
+    # Every name matches pynvml's own bit for it.
+    assert gpu.THROTTLE_REASONS[pynvml.nvmlClocksThrottleReasonHwThermalSlowdown] == "hw_thermal_slowdown"
+    assert gpu.THROTTLE_REASONS[pynvml.nvmlClocksThrottleReasonHwPowerBrakeSlowdown] == "hw_power_brake_slowdown"
+    assert gpu.THROTTLE_REASONS[pynvml.nvmlClocksThrottleReasonSwThermalSlowdown] == "sw_thermal_slowdown"
+    assert gpu.THROTTLE_REASONS[pynvml.nvmlClocksThrottleReasonGpuIdle] == "gpu_idle"
+
+
+def test_processes_are_compute_and_graphics_with_their_memory_or_none_where_nvml_cannot_tell():
+    device = {
+        **h100(),
+        "compute": [SimpleNamespace(pid=4242, usedGpuMemory=70_000_000_000)],
+        "graphics": [SimpleNamespace(pid=77, usedGpuMemory=None)],
+    }
+    (reading,) = gpu.read_gpus(StandInNvml(devices=[device]))
+
+    assert reading["processes"] == [
+        {"pid": 4242, "name": "ray::ServeReplica", "used_bytes": 70_000_000_000, "kind": "compute"},
+        {"pid": 77, "name": "python3", "used_bytes": None, "kind": "graphics"},
+    ]
+
+
+def test_processes_are_none_when_neither_list_is_supported_and_empty_when_none_run():
+    unsupported = {**h100(), "compute": NOT_SUPPORTED, "graphics": NOT_SUPPORTED}
+    idle = {**h100(), "compute": [], "graphics": []}
+    first, second = gpu.read_gpus(StandInNvml(devices=[unsupported, idle]))
+    assert first["processes"] is None and second["processes"] == []
+
+
+def test_ecc_counts_what_the_driver_says_since_it_loaded():
+    (reading,) = gpu.read_gpus(StandInNvml(devices=[{**h100(), "ecc_uncorrected": 3}]))
+    assert reading["ecc_uncorrected"] == 3
+
+
+# --- XID events ---------------------------------------------------------------------------------
+
+def test_a_node_reading_hears_xids_sent_during_its_bounded_wait_per_gpu():
+    nvml = StandInNvml(driver="550.54.15", devices=[h100("GPU-a"), h100("GPU-b")], xids=[(1, 79), (1, 48), (0, 13)])
+
+    reading = gpu.read_node("node-1", nvml, xid_wait_ms=50)
+
+    assert reading["node_id"] == "node-1" and reading["driver_version"] == "550.54.15" and reading["driver_cuda"] == "12.4"
+    assert reading["error"] == ""
+    first, second = reading["gpus"]
+    assert [event["xid"] for event in first["xids"]] == [13]
+    assert [event["xid"] for event in second["xids"]] == [79, 48]
+    assert all(isinstance(event["at"], float) for event in second["xids"])
+    # One event set for the reading, every device registered, freed afterwards; no wait past the bound.
+    assert len(nvml.event_sets) == 1 and nvml.event_sets[0]["freed"]
+    assert len(nvml.event_sets[0]["registered"]) == 2
+    assert nvml.waits and all(0 < wait <= 50 for wait in nvml.waits)
+    assert nvml.shutdowns == 1
+
+
+def test_a_reading_with_no_xid_waits_its_bound_and_hears_none():
+    nvml = StandInNvml(devices=[h100()])
+    started = time.monotonic()
+    reading = gpu.read_node("node-1", nvml, xid_wait_ms=50)
+    assert time.monotonic() - started < 1
+    assert reading["gpus"][0]["xids"] == [] and nvml.event_sets[0]["freed"]
+
+
+def test_a_device_without_events_is_still_read_and_the_others_still_heard():
+    quiet = {**h100("GPU-vgpu"), "events": False}
+    nvml = StandInNvml(devices=[quiet, h100("GPU-b")], xids=[(0, 79), (1, 94)])
+
+    first, second = gpu.read_node("n", nvml, xid_wait_ms=50)["gpus"]
+
+    assert first["xids"] == [] and first["uuid"] == "GPU-vgpu"
+    assert [event["xid"] for event in second["xids"]] == [94]
+
+
+def test_no_event_support_at_all_reads_the_gpus_without_xids():
+    nvml = StandInNvml(devices=[h100()], xids=[(0, 79)], fail={"nvmlEventSetCreate": pynvml.NVML_ERROR_NOT_SUPPORTED})
+    reading = gpu.read_node("n", nvml)
+    assert reading["error"] == "" and reading["gpus"][0]["xids"] == [] and reading["gpus"][0]["uuid"]
+
+
+def test_read_gpus_does_not_listen_for_xids_unless_asked():
+    nvml = StandInNvml(devices=[h100()], xids=[(0, 79)])
+    assert gpu.read_gpus(nvml)[0]["xids"] == [] and nvml.event_sets == []
+
+
+def test_a_node_without_a_driver_is_a_reading_with_its_reason():
+    reading = gpu.read_node("cpu-node", StandInNvml(init_error=pynvml.NVML_ERROR_LIBRARY_NOT_FOUND))
+    assert reading["gpus"] == [] and reading["node_id"] == "cpu-node"
+    assert "no NVIDIA driver on this machine" in reading["error"]
+
+
 # --- The real pynvml ----------------------------------------------------------------------------
 
 # The same question serving/engine.py asks of this host: `nvidia-smi -L` works.
@@ -227,6 +421,7 @@ def test_real_nvml_on_a_machine_without_a_gpu_says_so_plainly():
     assert (reading["driver_version"], reading["driver_cuda"], reading["gpus"]) == ("", "", 0)
     assert "NVIDIA driver" in reading["error"], reading
     assert gpu.read_gpus() == []
+    assert gpu.read_node("here")["gpus"] == [] and "NVIDIA driver" in gpu.read_node("here")["error"]
 
 
 @pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU (`nvidia-smi -L` fails here)")
@@ -241,3 +436,9 @@ def test_real_nvml_reads_the_driver_and_gpus():
     gpus = gpu.read_gpus()
     assert len(gpus) == reading["gpus"]
     assert all(g["uuid"] in listed and g["memory_total_bytes"] > 0 for g in gpus), gpus
+    node = gpu.read_node("here")
+    assert node["error"] == "" and len(node["gpus"]) == reading["gpus"], node
+    for one in node["gpus"]:
+        assert set(one) >= {"sm_clock_mhz", "throttle_reasons", "ecc_uncorrected", "pcie_replays", "processes", "xids"}, one
+        assert one["sm_clock_mhz"] is None or one["sm_clock_mhz"] > 0
+        assert one["processes"] is None or all(p["pid"] > 0 for p in one["processes"])

@@ -58,7 +58,7 @@ def test_htmx_polls_the_live_part_only(admin_client, readings):
 def test_it_works_before_any_reading_and_without_a_gpu(admin_client):
     page = admin_client.get("/health/")
     assert page.status_code == 200
-    assert "no gpu readings yet (arrives with the gpu probe)" in page.text.lower()
+    assert "No GPU has been read in the last 24 h: the GPU probe has not reported yet." in page.text
     assert "No probe has reported yet" in page.text
 
 

@@ -29,7 +29,7 @@ def test_an_admin_sees_one_critical_check_and_its_recovery_arrives_by_polling(pa
     expect(redis_row).to_contain_text("Connection refused")
     expect(redis_row).to_contain_text("ok → critical")
     expect(page.locator("#health-summary")).to_contain_text("1 critical")
-    expect(page.locator("#gpus")).to_contain_text("No GPU readings yet (arrives with the GPU probe)")
+    expect(page.locator("#gpus")).to_contain_text("No GPU has been read in the last 24 h: the GPU probe has not reported yet.")
     expect(page.locator("#probe-costs")).to_contain_text("% of one core")
     page.screenshot(path=test_output / "health-panel-critical.png", full_page=True)
 
@@ -37,3 +37,31 @@ def test_an_admin_sees_one_critical_check_and_its_recovery_arrives_by_polling(pa
     expect(redis_row.locator(".badge")).to_have_text("ok", timeout=10_000)
     expect(redis_row).to_contain_text("critical → ok")
     expect(page.locator("#health-summary")).to_contain_text("3 ok")
+
+
+def test_an_admin_sees_a_card_per_gpu_with_its_charts(page, live_server, admin, settings, test_output):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from health.models import GpuSample
+    from health.probes.gpu_probe import record_nodes
+    from tests.health.gpu_readings import gpu, node
+
+    settings.GANTRY_HEALTH_GRACE_READINGS = 1
+    now = timezone.now()
+    for minutes in range(60, 0, -5):
+        readings = [gpu(i, utilization_percent=(minutes * (i + 3)) % 100, temperature_c=40 + minutes % 30) for i in range(2)]
+        record_nodes({"nodes": [node("a" * 56, readings)], "error": ""}, now - timedelta(minutes=minutes))
+    record_nodes({"nodes": [node("a" * 56, [gpu(0, xids=[{"xid": 79, "at": 0.0}]), gpu(1, temperature_c=88)])], "error": ""}, now)
+    assert GpuSample.objects.count() == 26
+
+    login_in_browser(page, live_server.url, "admin")
+    page.goto(f"{live_server.url}/health/")
+    cards = page.locator("#gpus .gpu-card")
+    expect(cards).to_have_count(2)
+    expect(cards.first.locator(".badge")).to_have_text("critical")
+    expect(cards.first).to_contain_text("GPU has fallen off the bus — reboot")
+    expect(cards.nth(1).locator(".badge")).to_have_text("warn")
+    expect(cards.first.locator("svg path")).to_have_count(3)
+    page.screenshot(path=test_output / "health-panel-gpus.png", full_page=True)

@@ -52,6 +52,8 @@ class FakeServe(ServeClient):
         self.envs: dict[str, dict] = {}  # model_key -> the env vars its replicas got at the last apply
         # What node_runtimes() reports per node; None: a healthy runtime (GPU nodes with a fitting driver).
         self.runtimes: list[dict] | None = None
+        # What node_gpus() reports: one reading per node, as RayServeClient.node_gpus gives them.
+        self.gpu_readings: list[dict] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -62,7 +64,7 @@ class FakeServe(ServeClient):
     def deleted(self) -> list[str]:
         return [call[1] for call in self.calls if call[0] == "delete"]
 
-    def node_gpus(self) -> dict[str, float]:
+    def gpus_by_node(self) -> dict[str, float]:
         return dict(self.nodes) if self.nodes is not None else {"node-1": self.total_gpus}
 
     # --- the ServeClient interface --------------------------------------------------------------
@@ -116,14 +118,14 @@ class FakeServe(ServeClient):
     def cluster_resources(self) -> ClusterResources:
         self._enter("cluster_resources")
         with self._lock:
-            free = self.node_gpus()
+            free = self.gpus_by_node()
             reserved: dict[str, float] = {}
             for name, app in self.apps.items():
                 for node in app["placed"].values():
                     free[node] -= self._gpus_per_replica(app)
                     reserved[name] = reserved.get(name, 0) + self._gpus_per_replica(app)
-            total = sum(self.node_gpus().values())
-            nodes = tuple({"node_id": node, "gpus": gpus, "free_gpus": free[node]} for node, gpus in self.node_gpus().items())
+            total = sum(self.gpus_by_node().values())
+            nodes = tuple({"node_id": node, "gpus": gpus, "free_gpus": free[node]} for node, gpus in self.gpus_by_node().items())
             return ClusterResources(total, sum(free.values()), 16, 16, nodes, reserved)
 
     def node_runtimes(self) -> list[dict]:
@@ -137,8 +139,12 @@ class FakeServe(ServeClient):
         local = local_node_runtime().as_dict()
         return [
             {**local, "node_id": node, "gpus": max(int(gpus), 1), "driver_version": "570.86", "driver_cuda": "12.8", "torch_cuda": "12.8", "nvml_error": ""}
-            for node, gpus in self.node_gpus().items()
+            for node, gpus in self.gpus_by_node().items()
         ]
+
+    def node_gpus(self) -> list[dict]:
+        self._enter("node_gpus")
+        return [{**reading, "gpus": [dict(gpu) for gpu in reading.get("gpus", [])]} for reading in self.gpu_readings]
 
     def failure_cause(self, model_key: str, limit: int = 2000) -> str:
         self._enter("failure_cause")
@@ -160,7 +166,7 @@ class FakeServe(ServeClient):
 
     def _place(self, app: dict) -> bool:
         """Give each unplaced replica a node with room for all its GPUs; True when all are placed."""
-        free = self.node_gpus()
+        free = self.gpus_by_node()
         for other in self.apps.values():
             for node in other["placed"].values():
                 free[node] -= self._gpus_per_replica(other)

@@ -1,0 +1,47 @@
+"""/metrics in Prometheus' text format: each check's status and each GPU's newest figures."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import F, Window
+from django.db.models.functions import RowNumber
+from django.utils import timezone
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from health.choices import SEVERITY, Status
+from health.models import GpuSample, HealthCheck
+from health.panel import STALE_INTERVALS
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def metrics_text() -> bytes:
+    """A fresh registry per scrape: the figures come from the database, not from this process."""
+    registry = CollectorRegistry(auto_describe=False)
+    status = Gauge(
+        "gantry_health_check_status",
+        "A health check's status: 0 ok, 1 unknown, 2 warn, 3 critical.",
+        ["check", "kind"],
+        registry=registry,
+    )
+    for name, kind, value in HealthCheck.objects.order_by("name").values_list("name", "kind", "status"):
+        status.labels(check=name, kind=kind).set(SEVERITY[Status(value)])
+    gauges = {
+        "utilization_percent": Gauge("gantry_gpu_utilization_percent", "GPU utilization (NVML), percent.", ["node", "gpu"], registry=registry),
+        "memory_used_bytes": Gauge("gantry_gpu_memory_used_bytes", "GPU memory in use, bytes.", ["node", "gpu"], registry=registry),
+        "memory_total_bytes": Gauge("gantry_gpu_memory_total_bytes", "GPU memory in all, bytes.", ["node", "gpu"], registry=registry),
+        "temperature_c": Gauge("gantry_gpu_temperature_celsius", "GPU temperature, degrees Celsius.", ["node", "gpu"], registry=registry),
+        "power_w": Gauge("gantry_gpu_power_watts", "GPU power draw, watts.", ["node", "gpu"], registry=registry),
+    }
+    # Only readings the probes still vouch for: a GPU not read lately has no current figure.
+    fresh = timezone.now() - timedelta(seconds=STALE_INTERVALS * settings.GANTRY_HEALTH_INTERVAL_S)
+    newest_first = Window(RowNumber(), partition_by=[F("node_id"), F("gpu_index")], order_by=[F("at").desc(), F("id").desc()])
+    latest = GpuSample.objects.filter(at__gte=fresh).annotate(rank=newest_first).filter(rank=1).order_by("node_id", "gpu_index")
+    for sample in latest.only("node_id", "gpu_index", "at", *gauges):
+        for field, gauge in gauges.items():
+            value = getattr(sample, field)
+            if value is not None:
+                gauge.labels(node=sample.node_id, gpu=str(sample.gpu_index)).set(value)
+    return generate_latest(registry)
