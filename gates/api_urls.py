@@ -1,6 +1,6 @@
 from django.urls import path
 
-from gates import api, preflight_api
+from gates import api, baseline_api, preflight_api
 
 urlpatterns = [
     path("secrets", api.secrets_collection, name="api_secrets"),
@@ -8,4 +8,10 @@ urlpatterns = [
     path("preflight", preflight_api.run_preflight, name="api_preflight"),
     path("preflight/<int:pk>", preflight_api.preflight_report, name="api_preflight_report"),
     path("preflight/<int:pk>/force", preflight_api.force_preflight, name="api_preflight_force"),
+    path("gates/evalsets", baseline_api.evalsets_collection, name="api_evalsets"),
+    path("gates/baselines", baseline_api.baselines_collection, name="api_baselines"),
+    path("gates/baselines/<int:pk>", baseline_api.baseline_item, name="api_baseline"),
+    path("gates/baselines/<int:pk>/approve", baseline_api.approve, name="api_baseline_approve"),
+    path("gates/baselines/<int:pk>/reject", baseline_api.reject, name="api_baseline_reject"),
+    path("gates/baselines/<int:pk>/export", baseline_api.export, name="api_baseline_export"),
 ]

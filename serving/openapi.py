@@ -143,6 +143,39 @@ def document() -> dict:
                 },
                 "delete": {"summary": "Delete a secret (audited)", "responses": {"204": {"description": "Deleted."}, "404": _error("Unknown, or not yours."), "422": _error("Bad name."), **_AUTH_ERRORS}},
             },
+            "/gates/evalsets": {
+                "get": {"summary": "Eval sets: name, DVC md5 (and the DVC 2 one), rows, buckets with their n", "responses": {"200": {"description": "Eval sets."}, **_AUTH_ERRORS}},
+                "post": {
+                    "summary": "Upload an eval set (JSONL body, ?name=…); stored by content, never changed",
+                    "parameters": [{"name": "name", "in": "query", "required": True, "schema": {"type": "string"}}],
+                    "requestBody": {"required": True, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}},
+                    "responses": {"201": {"description": "Stored."}, "200": {"description": "The same name and content were stored already."}, "400": _error("Not UTF-8 JSON lines."), "422": _error("A row is invalid; the message names its line."), **_AUTH_ERRORS},
+                },
+            },
+            "/gates/baselines": {
+                "get": {"summary": "Baselines by name: current, proposed, history", "responses": {"200": {"description": "Baselines."}, **_AUTH_ERRORS}},
+                "post": {
+                    "summary": "Propose a baseline: eval_baseline.json plus `name` and `justification_url`; a reviewer who is not you approves it",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["name", "justification_url", "eval_set_dvc_hash", "baseline_sha", "tolerance_pp", "buckets"]}}}},
+                    "responses": {"201": {"description": "Proposed."}, "400": _error("Not JSON."), "422": _error("Invalid field; `field` names it."), **_AUTH_ERRORS},
+                },
+            },
+            "/gates/baselines/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "get": {"summary": "One baseline with its per-bucket diff against the current one and whether you may decide", "responses": {"200": {"description": "The baseline."}, "404": _error("Unknown."), **_AUTH_ERRORS}},
+            },
+            "/gates/baselines/{id}/approve": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "post": {"summary": "Reviewers (never the author): make it current (audited)", "responses": {"200": {"description": "Approved."}, "403": _error("The author, or no reviewer permission."), "409": _error("Not a proposal, or proposed against an older current baseline."), **_AUTH_ERRORS}},
+            },
+            "/gates/baselines/{id}/reject": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "post": {"summary": "Reviewers (never the author): reject it with a note (audited)", "responses": {"200": {"description": "Rejected."}, "403": _error("The author, or no reviewer permission."), "409": _error("Not a proposal."), "422": _error("A note is required."), **_AUTH_ERRORS}},
+            },
+            "/gates/baselines/{id}/export": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "get": {"summary": "The baseline as eval_baseline.json (the seed's keys plus previous_baseline_sha)", "responses": {"200": {"description": "The file."}, "404": _error("Unknown."), **_AUTH_ERRORS}},
+            },
             "/serve/status": {
                 "get": {
                     "summary": "Admins: Serve applications, cluster GPUs, models pending resources, applications Gantry does not know",
