@@ -43,9 +43,9 @@ class Result:
 
 
 def all_probes() -> list[Probe]:
-    from health.probes import celery, disk, gpu_probe, progress, tcp
+    from health.probes import celery, disk, gpu_probe, progress, serve, tcp
 
-    return [*disk.probes(), *tcp.probes(), *celery.probes(), *progress.probes(), *gpu_probe.probes()]
+    return [*disk.probes(), *tcp.probes(), *celery.probes(), *progress.probes(), *serve.probes(), *gpu_probe.probes()]
 
 
 def _read(result: Result) -> None:
