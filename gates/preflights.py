@@ -67,7 +67,7 @@ def read_cluster_runtime(client) -> Runtime:
     if reading:
         old = Runtime.from_dict(reading.runtime)
         return Runtime(old.source, old.nodes, old.read_at, f"could not read the cluster again ({why}); using the reading of {old.read_at}")
-    return _local(f"the cluster could not be asked ({why})")
+    return local_runtime_instead(f"the cluster could not be asked ({why})")
 
 
 def cached_runtime() -> Runtime:
@@ -75,10 +75,10 @@ def cached_runtime() -> Runtime:
     reading = RuntimeReading.objects.filter(name=RuntimeReading.ONE).first()
     if reading and reading.runtime:
         return Runtime.from_dict(reading.runtime)
-    return _local("no worker has read the cluster's runtime yet")
+    return local_runtime_instead("no worker has read the cluster's runtime yet")
 
 
-def _local(why: str) -> Runtime:
+def local_runtime_instead(why: str) -> Runtime:
     from gates.preflight.runtime import local_runtime
 
     return local_runtime(f"{why}; compared with this machine's runtime instead")

@@ -275,11 +275,13 @@ class Tick:
             self.check_source(model)
         except SpecError as exc:
             return self.refuse(model, digest, f"model_source is no longer a folder you may serve: {exc.message}", previous, app)
+        engine_before = model.engine_override
         if not self.passes_preflight(model, digest, previous, app):
             return
-        # The preflight may have moved the model to the CPU engine (or back): the config follows.
-        config = llm_config_for(model, engine=self.engine)
-        digest = config_hash(config)
+        if model.engine_override != engine_before:
+            # The preflight moved the model to the CPU engine (or back): the config follows.
+            config = llm_config_for(model, engine=self.engine)
+            digest = config_hash(config)
         replicas = self.replicas_to_place(model, previous, app)
         if not self.ledger.fits(replicas, model.placed_gpus_per_replica):
             return self.wait_for_gpus(model, replicas)
@@ -411,17 +413,13 @@ class Tick:
 
     def redact(self, model: ServeModel, text: str) -> str:
         """Whatever Serve or the engine said, with any of the model's secret values blanked out."""
-        from gates.preflight.config import effective_config
-        from gates.secrets import redact, values_for
+        from gates.secrets import redact
 
-        names = effective_config(model.resolved_spec.get("preflight")).secrets
-        if not names:
-            return text
         try:
-            values = values_for(model.owner, [n for n in names if n])
+            values = self.secrets_for(model)
         except Exception:  # noqa: BLE001 — a secret deleted meanwhile has no value to hide
             return text
-        return redact(text, values.values())
+        return redact(text, values.values()) if values else text
 
     def observe_deploy(self, model: ServeModel, app: AppStatus | None) -> None:
         if model.num_replicas == 0:

@@ -371,6 +371,23 @@ def _allowed_text(roots: Roots, user_root: Path) -> str:
     )
 
 
+class NoUserRoot(ValueError):
+    """A path starts with $HOME but no user was given to say whose."""
+
+
+def split_home_macro(raw: str, *, roots: Roots, user_root: Path | None) -> tuple[str, str]:
+    """(the root a leading $HOME macro stands for, the rest as written); ("", raw) without one.
+    Raises NoUserRoot for a plain $HOME when `user_root` is None."""
+    path = "$HOME" + raw[len("${HOME}"):] if raw.startswith("${HOME}") else raw
+    macros = (("$HOME/common/datasets", roots.datasets), ("$HOME/common/hf", roots.hf), ("$HOME", user_root))
+    for prefix, root in macros:  # longest first, so $HOME does not swallow the shared roots
+        if path == prefix or path.startswith(prefix + "/"):
+            if root is None:
+                raise NoUserRoot(f"{raw} starts with $HOME: say whose")
+            return str(root), path[len(prefix):]
+    return "", path
+
+
 def resolve_model_source(raw: str, *, username: str, roots: Roots) -> str:
     try:
         user_root = roots.user_root(username)
@@ -390,13 +407,7 @@ def resolve_model_source(raw: str, *, username: str, roots: Roots) -> str:
     if raw.startswith("~"):
         raise _forbidden(f"'~' is not expanded in model_source; write $HOME instead. {allowed}")
 
-    path = "$HOME" + raw[len("${HOME}"):] if raw.startswith("${HOME}") else raw
-    macros = (("$HOME/common/datasets", roots.datasets), ("$HOME/common/hf", roots.hf), ("$HOME", user_root))
-    base, rest = "", path
-    for prefix, root in macros:  # longest first, so $HOME does not swallow the shared roots
-        if path == prefix or path.startswith(prefix + "/"):
-            base, rest = str(root), path[len(prefix):]
-            break
+    base, rest = split_home_macro(raw, roots=roots, user_root=user_root)
     # Only what the user wrote is searched: a configured root may itself contain a '$'.
     variable = _VAR_RE.search(rest)
     path = base + rest

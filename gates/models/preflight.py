@@ -1,21 +1,18 @@
 """PreflightRun: one run of the four guards for a model's spec, and what a person decided about it."""
 from __future__ import annotations
 
-import hashlib
-import json
-
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
 from gates.preflight.base import FAIL, GuardResult
+from serving.models import config_hash
 
 
 def spec_digest(resolved_spec: dict) -> str:
     """What a preflight verdict depends on: the spec less its replica count (a scale needs no new run)."""
-    relevant = {k: v for k, v in resolved_spec.items() if k != "num_replicas"}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return config_hash({k: v for k, v in resolved_spec.items() if k != "num_replicas"})
 
 
 class PreflightRun(models.Model):

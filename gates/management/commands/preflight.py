@@ -104,17 +104,14 @@ class Command(BaseCommand):
 
     def _expand(self, source: str, owner) -> Path:
         """$HOME macros as the serving spec has them, without the path jail: the operator's rights."""
-        from serving.spec import Roots
+        from serving.spec import NoUserRoot, Roots, split_home_macro
 
         roots = Roots.from_settings()
-        for prefix, root in (("$HOME/common/datasets", roots.datasets), ("$HOME/common/hf", roots.hf)):
-            if source == prefix or source.startswith(prefix + "/"):
-                return Path(str(root) + source[len(prefix):])
-        if source == "$HOME" or source.startswith("$HOME/"):
-            if owner is None:
-                raise CommandError("model_source starts with $HOME: say whose with --user NAME.", returncode=2)
-            return Path(str(roots.user_root(owner.username)) + source[len("$HOME"):])
-        return Path(source).expanduser()
+        try:
+            base, rest = split_home_macro(source, roots=roots, user_root=roots.user_root(owner.username) if owner else None)
+        except NoUserRoot:
+            raise CommandError("model_source starts with $HOME: say whose with --user NAME.", returncode=2) from None
+        return Path(base + rest).expanduser()
 
     def _folder_block(self, folder: Path) -> dict:
         for candidate in (folder / "preflight.yaml", folder.resolve().parent / "preflight.yaml"):
@@ -135,7 +132,7 @@ class Command(BaseCommand):
         try:
             return preflights.cached_runtime()
         except DatabaseError:  # a CI step with no Gantry database: this machine is all there is
-            return preflights._local("Gantry's database cannot be read, so no cluster reading either")
+            return preflights.local_runtime_instead("Gantry's database cannot be read, so no cluster reading either")
 
     # --- output -----------------------------------------------------------------------------------
 
