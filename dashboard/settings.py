@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -69,6 +70,7 @@ INSTALLED_APPS = [
     "serving",
     "gates",
     "health",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -83,6 +85,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a login refused for too many failures into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "dashboard.urls"
@@ -159,9 +163,25 @@ STORAGES = {
 HTTPS = PRODUCTION and env_bool("GANTRY_HTTPS", True)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT = HTTPS
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 3600 if HTTPS else 0, minimum=0)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if HTTPS else 0, minimum=0)
+# The dashboard's own host name and any below it: a control plane has no plain-HTTP subdomains.
+# "preload" is inert until someone submits the registrable domain to the browsers' list.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", HTTPS)
 # The load balancer's probes come over plain HTTP from inside the network.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+
+# Login rate limit (django-axes): this many failed logins for one username from one address lock
+# that pair out for the cool-off. The address is the TCP peer's (dashboard/login.py says why).
+GANTRY_LOGIN_FAILURE_LIMIT = env_int("GANTRY_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+GANTRY_LOGIN_COOLOFF_MINUTES = env_int("GANTRY_LOGIN_COOLOFF_MINUTES", 15, minimum=1)
+AUTHENTICATION_BACKENDS = ["dashboard.login.RateLimitedBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = GANTRY_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=GANTRY_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "dashboard.login.client_address"
+AXES_LOCKOUT_CALLABLE = "dashboard.login.locked_out"
 
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -211,6 +231,17 @@ RAY_DASHBOARD_URL = env_str("RAY_DASHBOARD_URL", "http://127.0.0.1:8265")
 GANTRY_SERVE_HOST = env_str("GANTRY_SERVE_HOST", "127.0.0.1")
 GANTRY_SERVE_PORT = env_int("GANTRY_SERVE_PORT", 8000, minimum=1)
 MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", f"sqlite:///{VAR_DIR / 'mlflow.db'}")
+# Experiments Gantry creates on a local (sqlite) backend keep their artifacts here: MLflow's own
+# default, ./mlruns, is relative to whatever directory the process started in.
+MLFLOW_ARTIFACT_ROOT = env_str("MLFLOW_ARTIFACT_ROOT", str(VAR_DIR / "mlartifacts"))
+# Every MLflow HTTP request is bounded by these: MLflow's defaults (120 s, 7 retries with backoff)
+# make an unreachable server minutes of silence in a gate step or a web request.
+GANTRY_MLFLOW_TIMEOUT_S = env_int("GANTRY_MLFLOW_TIMEOUT_S", 3, minimum=1)
+GANTRY_MLFLOW_RETRIES = env_int("GANTRY_MLFLOW_RETRIES", 1, minimum=0)
+GANTRY_MLFLOW_READY_TIMEOUT_S = env_int("GANTRY_MLFLOW_READY_TIMEOUT_S", 120, minimum=1)
+# Versions that specs name as models:/<name>@<alias> are downloaded here once and served from here;
+# on a cluster of several nodes it must be mounted at the same path on every Ray node.
+GANTRY_REGISTRY_DIR = Path(env_str("GANTRY_REGISTRY_DIR", str(VAR_DIR / "registry"))).resolve()
 GANTRY_HF_ROOT = Path(env_str("GANTRY_HF_ROOT", str(VAR_DIR / "hf"))).resolve()
 GANTRY_DATASETS_ROOT = Path(env_str("GANTRY_DATASETS_ROOT", str(VAR_DIR / "datasets"))).resolve()
 GANTRY_USERS_ROOT = Path(env_str("GANTRY_USERS_ROOT", str(VAR_DIR / "users"))).resolve()
@@ -236,6 +267,7 @@ GANTRY_PREFLIGHT_IGNORE_VERSIONS = env_list("GANTRY_PREFLIGHT_IGNORE_VERSIONS", 
 GANTRY_PREFLIGHT_SECRETS = env_list("GANTRY_PREFLIGHT_SECRETS", [])
 GANTRY_PREFLIGHT_SECRET_TIMEOUT_S = env_int("GANTRY_PREFLIGHT_SECRET_TIMEOUT_S", 90, minimum=0)
 GANTRY_PREFLIGHT_CUDA_PROBE_MODE = env_choice("GANTRY_PREFLIGHT_CUDA_PROBE_MODE", "fallback", ("fallback", "warn", "fail"))
+GANTRY_PREFLIGHT_VRAM_FIT = env_choice("GANTRY_PREFLIGHT_VRAM_FIT", "warn", ("warn", "fail", "off"))
 # How long the cluster's package and driver versions are trusted before a preflight asks again.
 GANTRY_PREFLIGHT_RUNTIME_TTL_S = env_int("GANTRY_PREFLIGHT_RUNTIME_TTL_S", 600, minimum=0)
 
@@ -276,6 +308,15 @@ def _secrets_keys() -> list[str]:
 
 GANTRY_SECRETS_KEYS = _secrets_keys()
 
+# Gate runs: a worker holds a run's lease while it runs a step (renewed during a long eval); a run
+# whose worker died is taken over this long after. The eval asks the deployment a few rows at a time,
+# greedy, each answer at most this many tokens.
+GANTRY_GATE_LEASE_S = env_int("GANTRY_GATE_LEASE_S", 60, minimum=5)
+GANTRY_GATE_POLL_S = env_int("GANTRY_GATE_POLL_S", 2, minimum=1)
+GANTRY_GATE_MAX_TOKENS = env_int("GANTRY_GATE_MAX_TOKENS", 64, minimum=1)
+GANTRY_GATE_EVAL_CONCURRENCY = env_int("GANTRY_GATE_EVAL_CONCURRENCY", 4, minimum=1)
+GANTRY_GATE_CALL_TIMEOUT_S = env_int("GANTRY_GATE_CALL_TIMEOUT_S", 120, minimum=1)
+
 # Periodic work; each app's issue adds its own entries (reconcile, probes).
 CELERY_BEAT_SCHEDULE: dict = {
     # Repairs drift both ways and moves DEPLOYING models on from what Serve reports.
@@ -290,11 +331,27 @@ GANTRY_HEALTH_GRACE_READINGS = env_int("GANTRY_HEALTH_GRACE_READINGS", 2, minimu
 GANTRY_HEALTH_WEBHOOK_URL = env_str("GANTRY_HEALTH_WEBHOOK_URL", "")
 GANTRY_HEALTH_ALERT_EMAILS = env_list("GANTRY_HEALTH_ALERT_EMAILS", [])
 GANTRY_HEALTH_ALERT_TIMEOUT_S = env_int("GANTRY_HEALTH_ALERT_TIMEOUT_S", 5, minimum=1)
+# E-mail for those alerts. With EMAIL_HOST set, SMTP; without it the console backend, so a laptop's
+# alerts show in the worker's log instead of failing against a port 25 nobody listens on.
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ConfigError("EMAIL_USE_TLS and EMAIL_USE_SSL are both set: choose one (TLS = STARTTLS, usually port 587; SSL = port 465).")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "gantry@localhost")
+# A mail server that does not answer must not hold a probe cycle's alerts for ever.
+EMAIL_TIMEOUT = GANTRY_HEALTH_ALERT_TIMEOUT_S
 GANTRY_HEALTH_QUEUE_WARN_S = env_int("GANTRY_HEALTH_QUEUE_WARN_S", 60, minimum=1)
 GANTRY_HEALTH_QUEUE_CRITICAL_S = env_int("GANTRY_HEALTH_QUEUE_CRITICAL_S", 300, minimum=1)
 # GPU samples: how long they are kept (every one for the last hour, then one per 5 minutes).
 GANTRY_HEALTH_GPU_SAMPLES_HOURS = env_int("GANTRY_HEALTH_GPU_SAMPLES_HOURS", 24, minimum=1)
 # A cycle not started within one interval is dropped: the next one reads fresher anyway.
+# Gate runs nobody advances (a lost message, a dead worker) are sent on again.
+CELERY_BEAT_SCHEDULE["gates-stalled-runs"] = {"task": "gates.tasks.resend_stalled_gate_runs", "schedule": float(GANTRY_RECONCILE_INTERVAL_S), "options": {"expires": float(GANTRY_RECONCILE_INTERVAL_S)}}
 CELERY_BEAT_SCHEDULE["health-probes"] = {"task": "health.tasks.run_probes", "schedule": float(GANTRY_HEALTH_INTERVAL_S), "options": {"expires": float(GANTRY_HEALTH_INTERVAL_S)}}
 CELERY_BEAT_SCHEDULE["health-gpu-samples"] = {"task": "health.tasks.thin_gpu_samples", "schedule": 300.0, "options": {"expires": 300.0}}
 

@@ -20,3 +20,4 @@ urlpatterns = [
     path("api/v2/", include("dashboard.api_urls")),
     path("admin/", admin.site.urls),
 ]
+handler404 = "dashboard.views.not_found"

@@ -5,7 +5,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
+from django.views.defaults import page_not_found
 
+from dashboard.api import is_api_path, json_error
 from dashboard.forms import TokenForm
 from dashboard.models import ApiToken
 from dashboard.readiness import check_broker, check_database, check_ray
@@ -36,6 +38,14 @@ def home(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/home.html", context)
 
 
+def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """A path no route takes: under /api/ the API's JSON 404, as for an unknown key (a script parses
+    the body whatever the status); elsewhere Django's page."""
+    if is_api_path(request.path):
+        return json_error(404, "not_found", "No such API endpoint; GET /api/v2/openapi.json lists them.")
+    return page_not_found(request, exception)
+
+
 @login_not_required
 @never_cache
 @require_GET
@@ -48,14 +58,18 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     """Ready when the database and the broker answer. Ray is reported but does not decide:
-    without it the dashboard still serves, and deployments wait in QUEUED."""
+    without it the dashboard still serves, and deployments wait in QUEUED.
+
+    Anyone may ask (load balancers do), so only staff see why a check failed: the exception text
+    names hosts, ports and drivers; everyone else gets each component's name and whether it is up."""
     required = [check_database(), check_broker()]
     ray = check_ray()
     ready = all(check.ok for check in required)
+    shown = (lambda check: check.as_dict()) if is_admin(request.user) else (lambda check: {"ok": check.ok})
     body = {
         "status": "ready" if ready else "unavailable",
-        "checks": {check.name: check.as_dict() for check in required},
-        "optional": {ray.name: ray.as_dict()},
+        "checks": {check.name: shown(check) for check in required},
+        "optional": {ray.name: shown(ray)},
     }
     return JsonResponse(body, status=200 if ready else 503)
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from gates import api, baseline_api, preflight_api
+from gates import api, baseline_api, gate_run_api, preflight_api
 
 urlpatterns = [
     path("secrets", api.secrets_collection, name="api_secrets"),
@@ -14,4 +14,8 @@ urlpatterns = [
     path("gates/baselines/<int:pk>/approve", baseline_api.approve, name="api_baseline_approve"),
     path("gates/baselines/<int:pk>/reject", baseline_api.reject, name="api_baseline_reject"),
     path("gates/baselines/<int:pk>/export", baseline_api.export, name="api_baseline_export"),
+    path("gates/runs", gate_run_api.runs_collection, name="api_gate_runs"),
+    path("gates/runs/<int:pk>", gate_run_api.run_item, name="api_gate_run"),
+    path("gates/runs/<int:pk>/signoff", gate_run_api.sign_off, name="api_gate_run_signoff"),
+    path("gates/runs/<int:pk>/reject", gate_run_api.reject, name="api_gate_run_reject"),
 ]

@@ -8,7 +8,7 @@ from gates.baselines import MAX_DOCUMENT_BYTES
 from gates.evalsets import MAX_EVALSET_BYTES
 
 # Keys of an eval_baseline.json are shown beside the document: the form has no field per key.
-FORM_FIELDS = ("name", "justification_url", "note", "file", "dvc_file")
+FORM_FIELDS = ("name", "justification_url", "note", "file", "dvc_file", "gate", "mlflow_run_id", "artifact_path", "semver", "registered_model")
 
 
 def field_for(key: str | None) -> str | None:
@@ -67,3 +67,22 @@ class EvalSetForm(forms.Form):
         label="Its .dvc file (optional)", required=False,
         help_text="When given, the upload must be the file it tracks (its md5, DVC 2 or 3 alike).",
     )
+
+
+class GateRunForm(forms.Form):
+    gate = forms.CharField(max_length=100, help_text="The baseline family the candidate is held to, e.g. grammar-tutor.")
+    mlflow_run_id = forms.CharField(label="MLflow run id", max_length=64, help_text="The candidate's training run; its artifacts hold the model folder.")
+    artifact_path = forms.CharField(max_length=255, initial="model", help_text="The folder inside the run's artifacts that holds config.json and the weights.")
+    semver = forms.CharField(label="Version", max_length=100, help_text="Promoted as this semver tag, e.g. v0.3.1 (the registry refuses one already used).")
+    registered_model = forms.CharField(
+        label="Registered model", max_length=100, required=False,
+        help_text="The MLflow registered model it is promoted into; empty: the gate's name.",
+    )
+
+
+class SignOffForm(forms.Form):
+    note = forms.CharField(
+        max_length=4000, widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="Why the INCONCLUSIVE buckets are acceptable; kept with the promotion.",
+    )
+    result_sha256 = forms.CharField(widget=forms.HiddenInput)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from dashboard.models import AuditEntry
@@ -19,6 +19,8 @@ from gates.models import PreflightRun, RuntimeReading, spec_digest
 from gates.preflight.base import NodeRuntime, PreflightContext, Runtime, SecretNames
 from gates.preflight.config import effective_config
 from gates.preflight.runner import engine_from, run_guards, verdict
+from gates.preflight.vram import GpuMemory, VramContext
+from serving.vram_fit import FitReport, VramEstimateError, estimate, fit
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +96,71 @@ def _secret_names(owner) -> SecretNames:
     return store_names(owner)
 
 
+def gpu_memory_reading() -> GpuMemory:
+    """Every GPU's memory as the health probe last read it (one probe cycle's GpuSample rows), for
+    the VRAM fit check; none when that reading is stale or there is no database (the CLI)."""
+    from health.models import GpuSample
+    from health.panel import STALE_INTERVALS
+    from serving.vram_fit import serving_pids
+
+    try:
+        newest = GpuSample.objects.order_by("-at").values_list("at", flat=True).first()
+        if newest is None:
+            return GpuMemory(note="the health probe has read no GPU (no GPU node, or the probe has not run yet)")
+        limit_s = STALE_INTERVALS * settings.GANTRY_HEALTH_INTERVAL_S
+        if (timezone.now() - newest).total_seconds() > limit_s:
+            return GpuMemory(read_at=newest.isoformat(), note=f"the newest GPU reading, of {newest:%Y-%m-%d %H:%M:%S} UTC, is older than {limit_s} s")
+        samples = list(GpuSample.objects.filter(at=newest).order_by("node_id", "gpu_index"))
+    except DatabaseError as exc:
+        return GpuMemory(note=f"no GPU reading could be read from the database ({type(exc).__name__})")
+    nodes: dict[str, dict] = {}
+    for sample in samples:
+        details = sample.details or {}
+        node = nodes.setdefault(sample.node_id, {"node_id": sample.node_id, "address": details.get("address", ""), "gpus": []})
+        node["gpus"].append({
+            "index": sample.gpu_index, "name": sample.name, "memory_total_bytes": sample.memory_total_bytes,
+            "memory_used_bytes": sample.memory_used_bytes, "processes": details.get("processes") or [],
+        })
+    readings = tuple(nodes.values())
+    return GpuMemory(readings, frozenset(serving_pids(readings)), newest.isoformat())
+
+
+@dataclass(frozen=True)
+class VramPreview:
+    """The VRAM fit of a spec before it is submitted: the report, or why there is none."""
+
+    report: FitReport | None = None
+    note: str = ""  # CPU replicas, or why the folder could not be estimated
+
+
+def vram_preview(resolved_spec: dict, engine: str) -> VramPreview:
+    """For the new-model preview: the estimate and the fit against the GPUs' latest reading."""
+    gpus = int(resolved_spec.get("gpus_per_replica", 0))
+    if engine != "gpu" or gpus <= 0:
+        return VramPreview(note="CPU replicas use no GPU memory.")
+    try:
+        need = estimate(resolved_spec["model_source"], resolved_spec.get("engine_kwargs"), gpus)
+    except VramEstimateError as exc:
+        return VramPreview(note=f"The memory a replica needs cannot be estimated: {exc}")
+    memory = gpu_memory_reading()
+    return VramPreview(fit(need, memory.nodes, replica_pids=memory.replica_pids, replicas=int(resolved_spec.get("num_replicas", 1)), unread=memory.note))
+
+
 def context_for(run: PreflightRun, runtime: Runtime, *, wait_for_secrets: bool, engine: str | None = None) -> PreflightContext:
     from serving.engine import current_engine
 
-    return PreflightContext(
+    spec = run.resolved_spec
+    return VramContext(
         folder=Path(run.folder),
-        config=effective_config(run.resolved_spec.get("preflight")),
+        config=effective_config(spec.get("preflight")),
         runtime=runtime,
         secrets=_secret_names(run.owner),
         engine=engine or current_engine(),
-        gpus_per_replica=int(run.resolved_spec.get("gpus_per_replica", 0)),
+        gpus_per_replica=int(spec.get("gpus_per_replica", 0)),
         wait_for_secrets=wait_for_secrets,
+        engine_kwargs=dict(spec.get("engine_kwargs") or {}),
+        num_replicas=int(spec.get("num_replicas", 1)),
+        gpu_memory=gpu_memory_reading(),
     )
 
 

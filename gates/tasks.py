@@ -20,3 +20,24 @@ def preflight_for_deploy(run_id: int) -> dict:
     if run is not None:
         reconcile.delay()
     return {"run": run_id, "status": run.status if run else "taken by another worker"}
+
+
+@shared_task(soft_time_limit=3600, time_limit=3660)
+def advance_gate_run(run_id: int) -> dict:
+    """One step of a gate run; sends itself again for the next one (or when the step is waiting)."""
+    from gates.gate_runs import advance, enqueue
+
+    again = advance(run_id)
+    if again is not None:
+        enqueue(run_id, countdown=again)
+    return {"run": run_id, "again_s": again}
+
+
+@shared_task
+def resend_stalled_gate_runs() -> dict:
+    from gates.gate_runs import enqueue, stalled
+
+    runs = stalled()
+    for run_id in runs:
+        enqueue(run_id)
+    return {"resent": runs}

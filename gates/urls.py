@@ -1,6 +1,6 @@
 from django.urls import path
 
-from gates import baseline_views, evalset_views, preflight_views, secret_views
+from gates import baseline_views, evalset_views, gate_run_views, preflight_views, secret_views
 
 app_name = "gates"
 urlpatterns = [
@@ -17,4 +17,8 @@ urlpatterns = [
     path("baselines/<int:pk>/approve", baseline_views.approve, name="baseline_approve"),
     path("baselines/<int:pk>/reject", baseline_views.reject, name="baseline_reject"),
     path("baselines/<int:pk>/export", baseline_views.export, name="baseline_export"),
+    path("runs/", gate_run_views.runs, name="gate_runs"),
+    path("runs/<int:pk>/", gate_run_views.detail, name="gate_run"),
+    path("runs/<int:pk>/signoff", gate_run_views.sign_off, name="gate_run_signoff"),
+    path("runs/<int:pk>/reject", gate_run_views.reject, name="gate_run_reject"),
 ]

@@ -21,6 +21,8 @@ class HealthCheck(models.Model):
     last_reading_at = models.DateTimeField(null=True, blank=True)
     bad_count = models.PositiveIntegerField(default=0, help_text="Bad readings in a row; the status flips at GANTRY_HEALTH_GRACE_READINGS.")
     cost_ms = models.FloatField(default=0.0, help_text="CPU time the probe's last reading of this check took.")
+    findings = models.JSONField(default=dict, blank=True, help_text="What the last reading found, for the panel to act on: "
+                                "the zombies probe's processes and segments, the readiness probe's values per node.")
 
     class Meta:
         ordering = ["kind", "name"]
@@ -91,7 +93,7 @@ class GpuSample(models.Model):
         return round(100 * self.memory_used_bytes / self.memory_total_bytes, 1)
 
 
-def record_reading(name: str, kind: str, status: str, detail: str, *, cost_ms: float = 0.0) -> Flip | None:
+def record_reading(name: str, kind: str, status: str, detail: str, *, cost_ms: float = 0.0, findings: dict | None = None) -> Flip | None:
     """The one place a check's status changes: records a reading and decides whether it flips.
 
     A bad reading (warn, critical, unknown) flips the check only when it is the Nth in a row
@@ -105,6 +107,8 @@ def record_reading(name: str, kind: str, status: str, detail: str, *, cost_ms: f
         HealthCheck.objects.get_or_create(name=name, defaults={"kind": kind, "since": now})
         check = HealthCheck.objects.select_for_update().get(name=name)
         check.kind, check.detail, check.last_reading_at, check.cost_ms = kind, detail, now, cost_ms
+        if findings is not None:
+            check.findings = findings
         if status in BAD_STATUSES:
             check.bad_count += 1
             due = check.bad_count >= settings.GANTRY_HEALTH_GRACE_READINGS

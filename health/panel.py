@@ -10,8 +10,10 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from health import xid
-from health.choices import Status
+from health.choices import Status, worst
 from health.models import Flip, GpuSample, HealthCheck
+from health.reaping import recent_reaps
+from health.probes import multinode, zombies
 from health.probes.gpu_probe import CLUSTER_CHECK, check_name
 from health.probes.gpu_probe import KIND as GPU_KIND
 from health.sparkline import Sparkline, sparkline
@@ -84,6 +86,42 @@ class GpuCard:
         return "n/a" if value is None else str(value)
 
 
+@dataclass(frozen=True)
+class ZombieNode:
+    """One node's zombies and orphan segments, as its zombies check last found them."""
+
+    check: HealthCheck
+
+    @property
+    def node_id(self) -> str:
+        return self.check.findings.get("node_id", "")
+
+    @property
+    def address(self) -> str:
+        return self.check.findings.get("address", "")
+
+    @property
+    def zombies(self) -> list[dict]:
+        return self.check.findings.get("zombies", [])
+
+    @property
+    def segments(self) -> list[dict]:
+        return self.check.findings.get("segments", [])
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """The multi-node readiness card: each check, and one table of every node's values."""
+
+    checks: list[HealthCheck]
+    nodes: list[str]
+    rows: list[dict]
+
+    @property
+    def status(self) -> str:
+        return worst(*(c.status for c in self.checks)) if self.checks else Status.UNKNOWN
+
+
 @dataclass
 class Panel:
     rows: list[CheckRow]
@@ -91,6 +129,10 @@ class Panel:
     counts: dict[str, int]
     gpus: list[GpuCard] = field(default_factory=list)
     gpu_reading: HealthCheck | None = None  # the GPU probe's own check: why there are no GPUs, say
+    zombie_nodes: list[ZombieNode] = field(default_factory=list)
+    zombie_reading: HealthCheck | None = None
+    readiness: Readiness | None = None
+    reaps: list = field(default_factory=list)  # the newest reap attempts' AuditEntry rows
 
     @property
     def cycle_cost_ms(self) -> float:
@@ -122,7 +164,21 @@ def health_panel() -> Panel:
         counts={status.value: counts[status.value] for status in Status if counts[status.value]},
         gpus=gpu_cards(by_name),
         gpu_reading=by_name.get(CLUSTER_CHECK),
+        zombie_nodes=[ZombieNode(c) for c in by_kind[zombies.KIND] if c.name != zombies.CLUSTER_CHECK and c.findings],
+        zombie_reading=by_name.get(zombies.CLUSTER_CHECK),
+        readiness=readiness(by_name),
+        reaps=recent_reaps(),
     )
+
+
+def readiness(checks: dict[str, HealthCheck]) -> Readiness | None:
+    """The readiness checks with their values per node in one table; None before any reading."""
+    found = [checks[name] for name, _ in multinode.ASSESSMENTS if name in checks]
+    if not found:
+        return None
+    nodes = next((c.findings["nodes"] for c in found if c.findings.get("nodes")), [])
+    rows = [row for check in found for row in check.findings.get("rows", [])]
+    return Readiness(found, nodes, rows)
 
 
 @dataclass(frozen=True)

@@ -26,3 +26,18 @@ def thin_gpu_samples() -> dict[str, int]:
     from health.samples import thin_gpu_samples as thin
 
     return thin()
+
+
+@shared_task
+def reap_zombie(node_id: str, pid: int, started: int, user_id: int) -> str:
+    """A reap an admin confirmed on the panel (health/reaping.py); returns the audit's detail."""
+    from health.reaping import reap
+
+    return reap(node_id, pid, started, user_id).detail
+
+
+@shared_task
+def remove_segment(node_id: str, name: str, user_id: int) -> str:
+    from health.reaping import remove_segment as remove
+
+    return remove(node_id, name, user_id).detail

@@ -194,6 +194,31 @@ class ServeClient(abc.ABC):
         error}. [] when this client has no nodes of its own."""
         return []
 
+    def node_processes(self) -> list[dict]:
+        """Each alive node's GPU processes and orphan shared memory, read on the node for the zombies
+        probe: {node_id, address, gpus (health/probes/gpu.py read_node_processes'), segments
+        (serving/shm.py's orphans: name, bytes, resident_bytes, age_s), error}. [] without nodes."""
+        return []
+
+    def serve_actors(self) -> list[dict]:
+        """Every alive Ray actor: {node_id, pid, actor_id, name, class_name, placement_group_id}, so
+        a PID on a GPU can be told to be a Serve replica (class ServeReplica:<app>:<deployment>)."""
+        return []
+
+    def reap_on_node(self, node_id: str, pid: int, started: int, replicas: dict[int, str]) -> dict:
+        """health/probes/gpu.py's reap_process on that node: {outcome: done | refused, reason, signal}."""
+        return {"outcome": "refused", "signal": "", "reason": "this client has no nodes to reap on"}
+
+    def remove_segment_on_node(self, node_id: str, name: str) -> list[dict]:
+        """Unlink one orphan /dev/shm segment on that node (serving/shm.py's checks, so one in use
+        stays): the segments removed, [] when it was not an orphan (any more)."""
+        return []
+
+    def node_readiness(self) -> list[dict]:
+        """Each alive node's multi-node readiness, read on the node (health/probes/gpu.py
+        read_node_readiness) with its address; a node that did not answer has an `error`."""
+        return []
+
 
 def get_client() -> ServeClient:
     return import_string(settings.GANTRY_SERVE_CLIENT)()
@@ -554,6 +579,94 @@ class RayServeClient(ServeClient):
         return [_node_gpu_reading(node_id, addresses.get(node_id, ""), reading) for node_id, reading in readings.items()]
 
 
+    # A node's reading is a few /proc reads; killing waits out the process' grace first.
+    NODE_PROCESSES_TIMEOUT_S = 30.0
+    REAP_ON_NODE_TIMEOUT_S = 60.0
+
+    def node_processes(self) -> list[dict]:
+        """Run health/probes/gpu.py's read_node_processes and serving/shm.py's orphan listing on every
+        alive node at once, each with its node's address; a node that fails or is late is listed
+        with gpus [] and the reason in `error`."""
+        self._connect()
+        import ray
+
+        from health.probes import gpu
+        from serving import shm
+
+        for module in (gpu, shm):
+            ray.cloudpickle.register_pickle_by_value(module)
+
+        # A closure, so Ray ships it by value with the two modules it reads.
+        def read(node_id: str) -> dict:
+            return {**gpu.read_node_processes(node_id), "segments": shm.find_orphan_segments()}
+
+        timeout_s = min(self.NODE_PROCESSES_TIMEOUT_S, max(1.0, settings.GANTRY_HEALTH_PROBE_TIMEOUT_S * 0.8))
+        with _cluster_errors():
+            addresses = _alive_addresses()
+            readings = _on_every_node(read, "gantry-node-processes", timeout_s)
+        return [
+            {**r, "address": addresses.get(node_id, ""), "segments": [_segment(s) for s in r["segments"]]} if isinstance(r, dict)
+            else {"node_id": node_id, "address": addresses.get(node_id, ""), "gpus": [], "segments": [], "error": _why_unread(node_id, r, "GPU processes")}
+            for node_id, r in readings.items()
+        ]
+
+    def serve_actors(self) -> list[dict]:
+        self._connect()
+        from ray.util.state import list_actors
+
+        with _cluster_errors():
+            actors = list_actors(
+                address=settings.RAY_DASHBOARD_URL, filters=[("state", "=", "ALIVE")], detail=True,
+                limit=10_000, timeout=self.STATE_API_TIMEOUT_S, raise_on_missing_output=False,
+            )
+        return [
+            {"node_id": a.node_id, "pid": a.pid, "actor_id": a.actor_id, "name": a.name or "", "class_name": a.class_name or "", "placement_group_id": a.placement_group_id or ""}
+            for a in actors
+        ]
+
+    def reap_on_node(self, node_id: str, pid: int, started: int, replicas: dict[int, str]) -> dict:
+        self._connect()
+        import ray
+
+        from health.probes import gpu
+
+        ray.cloudpickle.register_pickle_by_value(gpu)
+        with _cluster_errors():
+            return _on_node(node_id, gpu.reap_process, "gantry-reap-process", self.REAP_ON_NODE_TIMEOUT_S, pid, started, replicas)
+
+    def remove_segment_on_node(self, node_id: str, name: str) -> list[dict]:
+        self._connect()
+        import ray
+
+        from serving import shm
+
+        ray.cloudpickle.register_pickle_by_value(shm)
+
+        def remove(name: str) -> list:
+            # Segment names are psm_ and a fixed-length token: as a prefix, the name is that one segment.
+            return [s for s in shm.remove_orphans(prefix=name) if s.name == name]
+
+        with _cluster_errors():
+            return [_segment(s) for s in _on_node(node_id, remove, "gantry-remove-segment", self.REAP_TIMEOUT_S, name)]
+
+    def node_readiness(self) -> list[dict]:
+        self._connect()
+        import ray
+
+        from health.probes import gpu
+
+        ray.cloudpickle.register_pickle_by_value(gpu)
+        timeout_s = max(1.0, settings.GANTRY_HEALTH_PROBE_TIMEOUT_S * 0.8)
+        with _cluster_errors():
+            addresses = _alive_addresses()
+            readings = _on_every_node(gpu.read_node_readiness, "gantry-node-readiness", timeout_s)
+        return [
+            {**r, "address": addresses.get(node_id, ""), "error": ""} if isinstance(r, dict)
+            else {"node_id": node_id, "address": addresses.get(node_id, ""), "error": _why_unread(node_id, r, "multi-node readiness")}
+            for node_id, r in readings.items()
+        ]
+
+
 # --- Module-level helpers: one Ray driver per process --------------------------------------------
 
 _connect_lock = threading.Lock()
@@ -857,6 +970,33 @@ def _on_every_node(function: Any, name: str, timeout_s: float) -> dict[str, Any]
         with contextlib.suppress(Exception):
             ray.cancel(ref, force=True)
     return {node_id: outcome[node_id] for node_id in nodes}
+
+
+def _on_node(node_id: str, function: Any, name: str, timeout_s: float, *args: Any) -> Any:
+    """Run `function(*args)` on that one node and return what it returned; what it raised is
+    raised here, and TimeoutError when it did not finish within `timeout_s` (it is cancelled)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    task = ray.remote(num_cpus=0, max_retries=0)(function)
+    ref = task.options(name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(*args)
+    done, _ = ray.wait([ref], timeout=timeout_s)
+    if not done:
+        with contextlib.suppress(Exception):
+            ray.cancel(ref, force=True)
+        raise TimeoutError(f"node {node_id[:12]} did not answer within {timeout_s:g} s")
+    return ray.get(ref, timeout=timeout_s)
+
+
+def _segment(segment: Any) -> dict:
+    """A serving/shm.py Segment as reap_shared_memory reports one (its sweep's dict)."""
+    return {"name": segment.name, "bytes": segment.apparent_bytes, "resident_bytes": segment.resident_bytes, "age_s": segment.age_s}
+
+
+def _alive_addresses() -> dict[str, str]:
+    import ray
+
+    return {node["NodeID"]: node.get("NodeManagerAddress", "") for node in ray.nodes() if node.get("Alive")}
 
 
 def _node_gpu_reading(node_id: str, address: str, reading: Any) -> dict:

@@ -62,7 +62,7 @@ def submit_spec(user, text: str) -> tuple[ServeModel, bool]:
     return model, False
 
 
-def _create(user, text: str, resolved: ResolvedSpec, created_at) -> ServeModel:
+def _create(user, text: str, resolved: ResolvedSpec, created_at, note: str = "") -> ServeModel:
     try:
         with transaction.atomic():
             model = ServeModel.objects.create(
@@ -77,7 +77,7 @@ def _create(user, text: str, resolved: ResolvedSpec, created_at) -> ServeModel:
             )
     except IntegrityError:
         raise ChangeRefused(f"A model with suffix {resolved.suffix!r} was just created by another request; retry to update it.") from None
-    model.log(EventKind.CREATED, f"Created: {_summary(resolved)}.", actor=user)
+    model.log(EventKind.CREATED, f"Created: {_summary(resolved)}{note}.", actor=user)
     reconcile_soon()
     return model
 
@@ -169,3 +169,62 @@ def _summary(resolved: ResolvedSpec) -> str:
 
 def spec_yaml_of(model: ServeModel) -> str:
     return yaml.safe_dump(model.resolved_spec, sort_keys=False)
+
+
+# --- models Gantry deploys for itself (a gate run's short-lived deployment) ------------------------
+def managed_root():
+    """The folder of models Gantry fetched for itself (gate runs' candidates): served without the
+    user path jail, since no user can write there, and a spec can never name it (only Gantry's
+    own submit_for_gantry deploys from it). Registry versions have their own folder and rules
+    (GANTRY_REGISTRY_DIR, serving/spec.py)."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    return Path(settings.VAR_DIR).resolve() / "gate-candidates"
+
+
+def is_managed_source(source: str) -> bool:
+    import os
+    from pathlib import Path
+
+    real = Path(os.path.realpath(source))
+    return real == Path(source) and real.is_relative_to(managed_root()) and real.is_dir()
+
+
+def resolved_for_gantry(user, spec, *, created_at=None) -> ResolvedSpec:
+    """A spec whose model_source is a folder under managed_root(): resolved without the user path
+    jail (Gantry wrote it), refused if it lies anywhere else."""
+    from serving.spec import SpecError, make_model_id
+
+    if not is_managed_source(spec.model_source):
+        raise SpecError(403, "forbidden_path", f"{spec.model_source} is not a folder Gantry manages.", "model_source")
+    created_at = created_at or timezone.now()
+    return ResolvedSpec(spec.suffix, make_model_id(user.username, created_at, spec.suffix), spec.model_source,
+                        spec.num_replicas, spec.gpus_per_replica, dict(spec.engine_kwargs), dict(spec.preflight))
+
+
+def submit_for_gantry(user, spec, *, note: str) -> ServeModel:
+    """Create a model Gantry deploys on `user`'s behalf from a managed folder; the event says why."""
+    created_at = timezone.now()
+    resolved = resolved_for_gantry(user, spec, created_at=created_at)
+    return _create(user, resolved.to_yaml(), resolved, created_at, note=f", by Gantry: {note}")
+
+
+def registry_version(model: ServeModel):
+    """The registry version a model serves (gates.registry.ResolvedModel), or None when its folder
+    is not a copy of one. Read from the copy's own marker: no MLflow call on a page view."""
+    import os
+    from pathlib import Path
+
+    from django.conf import settings
+
+    source = Path(os.path.realpath(model.resolved_spec.get("model_source", "")))
+    if not source.is_relative_to(Path(os.path.realpath(settings.GANTRY_REGISTRY_DIR))):
+        return None
+    from gates.registry import RegistryError, registered_copy
+
+    try:
+        return registered_copy(source)
+    except RegistryError:
+        return None

@@ -166,15 +166,47 @@ def document() -> dict:
             },
             "/gates/baselines/{id}/approve": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                "post": {"summary": "Reviewers (never the author): make it current (audited)", "responses": {"200": {"description": "Approved."}, "403": _error("The author, or no reviewer permission."), "409": _error("Not a proposal, or proposed against an older current baseline."), **_AUTH_ERRORS}},
+                "post": {"summary": "Reviewers (never the author): make it current (audited)", "responses": {"200": {"description": "Approved."}, "403": _error("The author, or no reviewer permission."), "404": _error("Unknown."), "409": _error("Not a proposal, or proposed against an older current baseline."), **_AUTH_ERRORS}},
             },
             "/gates/baselines/{id}/reject": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                "post": {"summary": "Reviewers (never the author): reject it with a note (audited)", "responses": {"200": {"description": "Rejected."}, "403": _error("The author, or no reviewer permission."), "409": _error("Not a proposal."), "422": _error("A note is required."), **_AUTH_ERRORS}},
+                "post": {"summary": "Reviewers (never the author): reject it with a note (audited)", "responses": {"200": {"description": "Rejected."}, "403": _error("The author, or no reviewer permission."), "404": _error("Unknown."), "409": _error("Not a proposal."), "422": _error("A note is required."), **_AUTH_ERRORS}},
             },
             "/gates/baselines/{id}/export": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
                 "get": {"summary": "The baseline as eval_baseline.json (the seed's keys plus previous_baseline_sha)", "responses": {"200": {"description": "The file."}, "404": _error("Unknown."), **_AUTH_ERRORS}},
+            },
+            "/gates/runs": {
+                "get": {
+                    "summary": "Gate runs, newest first (?state=, ?gate=), each with its steps",
+                    "parameters": [{"name": "state", "in": "query", "schema": {"type": "string", "enum": ["queued", "running", "awaiting_signoff", "promoted", "failed"]}},
+                                   {"name": "gate", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"}}],
+                    "responses": {"200": {"description": "Gate runs."}, "400": _error("Unknown state."), **_AUTH_ERRORS},
+                },
+                "post": {
+                    "summary": "Start a gate run: fetch → preflight → deploy → evaluate → cleanup → compare → promote (last)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["gate", "mlflow_run_id", "semver"], "additionalProperties": False,
+                        "properties": {"gate": {"type": "string"}, "mlflow_run_id": {"type": "string"}, "semver": {"type": "string"},
+                                       "registered_model": {"type": "string"}, "artifact_path": {"type": "string"}}}}}},
+                    "responses": {"202": {"description": "Queued."}, "400": _error("Not JSON."), "422": _error("Invalid field; `field` names it."), **_AUTH_ERRORS},
+                },
+            },
+            "/gates/runs/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "get": {"summary": "One gate run: steps, comparison, verdict, promotion, and whether you may sign it off", "responses": {"200": {"description": "The run."}, "404": _error("Unknown."), **_AUTH_ERRORS}},
+            },
+            "/gates/runs/{id}/signoff": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "post": {
+                    "summary": "Reviewers (never the requester): promote an INCONCLUSIVE run; bound to the result_sha256 you reviewed (audited)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["result_sha256", "note"], "properties": {"result_sha256": {"type": "string"}, "note": {"type": "string"}}}}}},
+                    "responses": {"202": {"description": "Signed off; promotion queued."}, "404": _error("Unknown."), "403": _error("The requester, or no reviewer permission, or not INCONCLUSIVE."), "409": _error("The result changed since you reviewed it."), "422": _error("A note is required."), **_AUTH_ERRORS},
+                },
+            },
+            "/gates/runs/{id}/reject": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+                "post": {"summary": "Reviewers (never the requester): end an INCONCLUSIVE run unpromoted (audited)", "responses": {"200": {"description": "Rejected."}, "403": _error("The requester, or no reviewer permission."), "404": _error("Unknown."), **_AUTH_ERRORS}},
             },
             "/serve/status": {
                 "get": {

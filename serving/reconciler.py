@@ -34,6 +34,7 @@ from django.utils import timezone
 from serving import snapshot
 from serving.choices import MOVING_STATES, EventKind, State
 from serving.client import ROUTER_APP, AppStatus, ServeClient, ServeUnavailable, call_with_timeout
+from serving.deployments import is_managed_source
 from serving.engine import engine_for_cluster, llm_config_for
 from serving.gpu_fit import GpuLedger
 from serving.models import ClusterSnapshot, Lease, ModelChanged, ServeEvent, ServeModel, ServeRevision, config_hash
@@ -326,7 +327,10 @@ class Tick:
     def check_source(self, model: ServeModel) -> None:
         """The path jail again, at every apply: a folder checked at submit can since have become a
         symlink into another user's root, and scale, drift repair and rollback all re-apply it."""
-        resolved = resolve_model_source(model.resolved_spec["model_source"], username=model.owner.username, roots=Roots.from_settings())
+        source = model.resolved_spec["model_source"]
+        if is_managed_source(source):
+            return  # a folder Gantry wrote for itself (a gate run's candidate), outside every user's root
+        resolved = resolve_model_source(source, username=model.owner.username, roots=Roots.from_settings())
         if resolved != model.resolved_spec["model_source"]:
             raise SpecError(403, "forbidden_path", f"{model.resolved_spec['model_source']} now resolves to {resolved}; submit the spec again to serve that folder.", "model_source")
 
@@ -430,6 +434,8 @@ class Tick:
             return
         if app is not None and app.status == "RUNNING" and app.running_replicas == model.num_replicas:
             model.move_to(State.RUNNING, EventKind.RUNNING, f"Serve reports RUNNING with {app.running_replicas} replica(s).", expect_generation=model.generation)
+            if model.placed_gpus_per_replica > 0:
+                observe_vram_soon(model)
             return
         if app is not None and app.status == "DEPLOY_FAILED":
             reason = f"Serve reports DEPLOY_FAILED: {tail(app.messages) or 'no message'}"
@@ -623,3 +629,12 @@ def _reason(previous: ServeRevision | None, digest: str, config: dict) -> str:
     old, new = previous.config["deployment_config"]["num_replicas"], config["deployment_config"]["num_replicas"]
     same_otherwise = {**previous.config, "deployment_config": None} == {**config, "deployment_config": None}
     return f"scale {old} → {new}" if same_otherwise and old != new else "update"
+
+
+def observe_vram_soon(model: ServeModel) -> None:
+    """Estimate vs measured GPU memory, read off the tick: the NVML and actor reads take seconds on
+    a big cluster, and a tick must not wait on them."""
+    from serving.tasks import observe_vram
+
+    pk, generation = model.pk, model.generation
+    transaction.on_commit(lambda: observe_vram.apply_async((pk, generation), queue="health"))

@@ -388,7 +388,35 @@ def split_home_macro(raw: str, *, roots: Roots, user_root: Path | None) -> tuple
     return "", path
 
 
+REGISTRY_SCHEME = "models:/"
+
+
+def _registry_root() -> str:
+    from django.conf import settings
+
+    return os.path.realpath(settings.GANTRY_REGISTRY_DIR)
+
+
+def _from_registry(raw: str, copy: Path | None = None) -> str:
+    """models:/<name>@<alias> (or /<version>) → the local copy of that version, which gates.registry
+    downloads once under GANTRY_REGISTRY_DIR; a path into that folder (a stored spec, re-applied) →
+    checked as a copy Gantry made, without asking MLflow. Gantry wrote these folders, not a user, so
+    the users' jail does not apply to them."""
+    from gates.registry import RegistryError, RegistryUnreachable, registered_copy, resolve_alias
+
+    try:
+        found = registered_copy(copy) if copy is not None else resolve_alias(raw)
+    except RegistryUnreachable as exc:
+        # 503, not 422: nothing is wrong with the spec, and the same request works once MLflow is up.
+        raise SpecError(503, "registry_unavailable", exc.reason, "model_source") from None
+    except RegistryError as exc:
+        raise _invalid("model_source", f"model_source {shown(raw, PATH_ECHO_CHARS)}: {exc.reason}") from None
+    return str(found.local_path)
+
+
 def resolve_model_source(raw: str, *, username: str, roots: Roots) -> str:
+    if isinstance(raw, str) and raw.startswith(REGISTRY_SCHEME):
+        return _from_registry(raw)
     try:
         user_root = roots.user_root(username)
     except ValueError as exc:
@@ -428,6 +456,8 @@ def resolve_model_source(raw: str, *, username: str, roots: Roots) -> str:
     users_real = Path(os.path.realpath(roots.users))
     real_text = _clipped(str(real))
     resolves = "" if str(real) == raw else f" (resolves to {real_text})"
+    if real.is_relative_to(_registry_root()):
+        return _from_registry(raw, real)
 
     # Path.is_relative_to compares whole segments: /users/alice2 is not under /users/alice.
     if real.is_relative_to(datasets_real):

@@ -31,3 +31,21 @@ def reconcile(followup: bool = False) -> dict:
     if report.needs_full_tick:
         reconcile.delay()
     return {"ran": report.ran, "applied": report.applied, "deleted": report.deleted, "unknown": report.unknown_apps}
+
+
+@shared_task
+def observe_vram(model_id: int, generation: int) -> dict:
+    """Record a GPU model's estimated vs NVML-measured memory once it runs (serving/vram_fit.py):
+    the estimate's accuracy is measured deploy after deploy, not claimed."""
+    from serving.choices import State
+    from serving.client import get_client
+    from serving.models import ServeModel, VramObservation
+    from serving.vram_fit import replica_processes
+
+    model = ServeModel.objects.filter(pk=model_id, generation=generation, state=State.RUNNING).first()
+    if model is None:
+        return {"model": model_id, "observed": False, "why": "no longer running this generation"}
+    client = get_client()
+    replicas = replica_processes(model.model_key, client.serve_actors(), client.node_processes())
+    observation = VramObservation.record(model, client.node_gpus(), replicas)
+    return {"model": model_id, "observed": observation is not None}

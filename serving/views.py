@@ -19,10 +19,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.decorators.vary import vary_on_headers
 
 from dashboard.roles import is_admin
+from gates import preflights
+from health.readiness import deploy_readiness
 from serving import deployments
 from serving.choices import EventKind, State
 from serving import snapshot
 from serving.client import ROUTER_APP, AppStatus
+from serving.engine import current_engine
 from serving.forms import NewModelForm, Preview, ScaleForm
 from serving.models import ServeEvent, ServeModel, ServeRevision
 from serving.serializers import openai_base_url
@@ -140,6 +143,10 @@ def _render_new(request: HttpRequest, form: NewModelForm, *, preview: Preview | 
     context = {
         "form": form,
         "preview": preview,
+        # Multi-node readiness (health's probe) beside the GPU count, for a deploy that may span nodes.
+        "readiness": deploy_readiness(preview.resolved.gpus_per_replica) if preview else None,
+        # The memory a replica needs against each GPU's free memory (serving/vram_fit.py).
+        "vram": preflights.vram_preview(preview.resolved.as_dict(), current_engine()) if preview else None,
         "roots": roots,
         "user_root": user_root,
         "hf_models": _folders(roots.hf),
@@ -229,6 +236,8 @@ def _page_context(request: HttpRequest, model: ServeModel, *, before: int | None
         "scale_form": scale_form or ScaleForm(initial={"num_replicas": model.num_replicas}),
         "openai_base_url": openai_base_url(),
         "user_is_owner": model.owner_id == request.user.pk,
+        "vram_observations": model.vram_observations.all()[:10],
+        "registry_version": deployments.registry_version(model),
     }
 
 

@@ -21,6 +21,7 @@ class PreflightRun(models.Model):
         PAGE = "page", "from the model's page"
         API = "api", "from the API"
         CLI = "cli", "from the command line"
+        GATE = "gate", "by a gate run"
 
     class Status(models.TextChoices):
         PENDING = "pending"

@@ -10,13 +10,15 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from gates.preflight.base import PreflightConfig
 
-BLOCK_KEYS = ("ignore_versions", "secrets", "secret_timeout", "prompt_files", "cuda_probe")
+BLOCK_KEYS = ("ignore_versions", "secrets", "secret_timeout", "prompt_files", "cuda_probe", "vram_fit")
 SEMVER_LEVELS = ("major", "minor", "patch")
 CUDA_PROBE_MODES = ("fallback", "warn", "fail")
+VRAM_FIT_MODES = ("warn", "fail", "off")
 SECRET_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
 SECRET_NAME_RULE = "upper-case letters, digits and '_', not starting with a digit, at most 128 characters (an environment variable's name)"
 CARD_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -120,6 +122,10 @@ def validate_block(block: Any) -> dict:
         if not isinstance(probe, dict) or set(probe) - {"mode"} or probe.get("mode") not in CUDA_PROBE_MODES:
             raise PreflightConfigError("preflight.cuda_probe", f"preflight.cuda_probe must be {{mode: {' | '.join(CUDA_PROBE_MODES)}}}; got {_short(block['cuda_probe'])}.")
         out["cuda_probe"] = {"mode": probe["mode"]}
+    if "vram_fit" in block:
+        if block["vram_fit"] not in VRAM_FIT_MODES:
+            raise PreflightConfigError("preflight.vram_fit", f"preflight.vram_fit must be one of {' | '.join(VRAM_FIT_MODES)}; got {_short(block['vram_fit'])}.")
+        out["vram_fit"] = block["vram_fit"]
     return out
 
 
@@ -132,16 +138,29 @@ def installation_defaults() -> dict:
         "secret_timeout": float(settings.GANTRY_PREFLIGHT_SECRET_TIMEOUT_S),
         "prompt_files": [],
         "cuda_probe": {"mode": settings.GANTRY_PREFLIGHT_CUDA_PROBE_MODE},
+        "vram_fit": settings.GANTRY_PREFLIGHT_VRAM_FIT,
     }
 
 
-def effective_config(block: dict | None, defaults: dict | None = None) -> PreflightConfig:
+@dataclass(frozen=True)
+class EffectiveConfig(PreflightConfig):
+    """PreflightConfig with the VRAM fit guard's mode (warn | fail | off). Kept here because the
+    base class is outside this change; folding the field into PreflightConfig makes this go away."""
+
+    vram_fit: str = "warn"
+
+    def as_dict(self) -> dict:
+        return {**super().as_dict(), "vram_fit": self.vram_fit}
+
+
+def effective_config(block: dict | None, defaults: dict | None = None) -> EffectiveConfig:
     """The stored block over the installation's defaults: a key the spec gives replaces the default."""
     merged = {**(installation_defaults() if defaults is None else defaults), **(block or {})}
-    return PreflightConfig(
+    return EffectiveConfig(
         ignore_versions=tuple(merged.get("ignore_versions", ())),
         secrets=tuple(merged.get("secrets", ())),
         secret_timeout=float(merged.get("secret_timeout", 90.0)),
         prompt_files=tuple(merged.get("prompt_files", ())),
         cuda_probe_mode=(merged.get("cuda_probe") or {}).get("mode", "fallback"),
+        vram_fit=merged.get("vram_fit", "warn"),
     )

@@ -1,4 +1,4 @@
-"""Runs the four guards in order and never lets one guard's bug hide the others' findings."""
+"""Runs the guards in order and never lets one guard's bug hide the others' findings."""
 from __future__ import annotations
 
 import importlib
@@ -10,8 +10,8 @@ log = logging.getLogger(__name__)
 
 # Secrets last: it is the one guard that may wait (for a secret being provisioned), and the
 # others' findings should not wait behind it.
-GUARDS = ("versions", "cuda", "prompts", "secrets")
-TITLES = {"versions": "checkpoint ↔ runtime", "cuda": "GPU driver ↔ CUDA build", "prompts": "prompt variables", "secrets": "required secrets"}
+GUARDS = ("versions", "cuda", "vram", "prompts", "secrets")
+TITLES = {"versions": "checkpoint ↔ runtime", "cuda": "GPU driver ↔ CUDA build", "vram": "VRAM fit", "prompts": "prompt variables", "secrets": "required secrets"}
 
 
 def run_guards(context: PreflightContext, guards: tuple[str, ...] = GUARDS) -> list[GuardResult]:

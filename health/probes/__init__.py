@@ -42,10 +42,26 @@ class Result:
     fetched: Any = None
 
 
-def all_probes() -> list[Probe]:
-    from health.probes import celery, disk, gpu_probe, progress, serve, tcp
+def ask_cluster(what: str, read: Callable[[Any], dict]) -> tuple[str, str, dict]:
+    """Off the cycle's thread: `read(client)`, the configured ServeClient's per-node readings, as
+    a probe's fetched reading (with "nodes" None and why when the cluster cannot be reached: `what`
+    says what was therefore not read)."""
+    from serving.client import ServeUnavailable, get_client
 
-    return [*disk.probes(), *tcp.probes(), *celery.probes(), *progress.probes(), *serve.probes(), *gpu_probe.probes()]
+    try:
+        return Status.OK, "", {**read(get_client()), "error": ""}
+    except ServeUnavailable as exc:
+        why = f"the Ray cluster could not be reached, so {what}: {exc}"
+        return Status.UNKNOWN, why, {"nodes": None, "error": why}
+
+
+def all_probes() -> list[Probe]:
+    from health.probes import celery, disk, gpu_probe, multinode, progress, serve, tcp, zombies
+
+    return [
+        *disk.probes(), *tcp.probes(), *celery.probes(), *progress.probes(), *serve.probes(), *gpu_probe.probes(),
+        *zombies.probes(), *multinode.probes(),
+    ]
 
 
 def _read(result: Result) -> None:

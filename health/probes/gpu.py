@@ -7,12 +7,22 @@ machine without a GPU or driver is a reading too, with its reason in words in `e
 
 `read_node` is what the GPU probe runs on each node: the driver, every GPU's figures, and the XID
 critical errors NVML sends during a short listen (NVML has no XID history, only live events).
+`read_node_processes` is the zombies probe's reading: each GPU's processes with what only the node
+can tell about a PID (alive, start time, command line, parents), and `reap_process` ends one of
+them there after checking it is still that process. `read_node_readiness` is the multi-node
+readiness reading (seed 003 MN1-MN4): fabric manager, NCCL settings, data-plane MTU.
 
 Each function takes the NVML module as `nvml` (pynvml when None), so a test on a machine without a
 GPU can hand in a stand-in that behaves like pynvml.
 """
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
@@ -227,8 +237,6 @@ def _process_name(nvml: Any, pid: int) -> str:
 def _wait_for_xids(nvml: Any, handles: dict[int, Any], wait_ms: int) -> list[tuple[int, dict]]:
     """(index, {xid, at}) for each XID critical error NVML sends within `wait_ms`. A device or
     driver without events (NotSupported, no event calls in this pynvml) gives none."""
-    import time
-
     try:
         events = nvml.nvmlEventSetCreate()
     except (AttributeError, nvml.NVMLError):
@@ -283,3 +291,212 @@ def _optional(nvml: Any, read: Callable[[], Any]) -> Any:
 def _text(value: str | bytes) -> str:
     # nvidia-ml-py decodes strings since 11.x; older pynvml releases returned bytes.
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+# --- Processes holding GPU memory, as their node sees them (the zombies probe) ------------------------
+
+PROC = Path("/proc")
+CMDLINE_CHARS = 160
+PARENTS_READ = 16
+# After SIGTERM a process gets this long to free its GPU memory itself (vLLM's engine tears its CUDA
+# context down on SIGTERM) before SIGKILL.
+REAP_GRACE_S = 10.0
+
+
+def read_node_processes(node_id: str = "", nvml: ModuleType | Any = None) -> dict:
+    """What the zombies probe reads on one node: node_id, gpus ([{index, uuid, processes}], each
+    process read_gpus' {pid, name, used_bytes, kind} plus process_facts(pid) read here, on the
+    node: NVML's PIDs mean nothing on another machine), error ("" or why not)."""
+    reading: dict = {"node_id": node_id, "gpus": [], "error": ""}
+
+    def read(nvml: Any) -> None:
+        for index in range(int(nvml.nvmlDeviceGetCount())):
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                gpu = {"index": index, "uuid": _text(nvml.nvmlDeviceGetUUID(handle)), "processes": _processes(nvml, handle)}
+            except nvml.NVMLError as exc:
+                gpu = {"index": index, "error": f"NVML could not read GPU {index}: {exc}", "processes": None}
+            for process in gpu["processes"] or []:
+                process.update(process_facts(process["pid"]))
+            reading["gpus"].append(gpu)
+
+    reading["error"] = _with_nvml(nvml, read)
+    return reading
+
+
+def process_facts(pid: int) -> dict:
+    """alive (False for a PID that ended, or a zombie waiting for its parent: it runs nothing),
+    started (its start in clock ticks since boot: with the PID, what tells this process from a
+    later one that got the same number), cmdline (its head), parents (PIDs up to init)."""
+    stat = _stat(pid)
+    if stat is None or stat[0] == "Z":
+        return {"alive": False, "started": None, "cmdline": "", "parents": []}
+    parents: list[int] = []
+    ppid = stat[1]
+    while ppid > 1 and len(parents) < PARENTS_READ:
+        parents.append(ppid)
+        above = _stat(ppid)
+        ppid = above[1] if above else 0
+    return {"alive": True, "started": stat[2], "cmdline": _cmdline(pid), "parents": parents}
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, starttime) from /proc/<pid>/stat, or None when there is no such process."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name is in parentheses and may itself hold spaces and ")": split after the last.
+    fields = text.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = (PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return ""
+    text = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    return text if len(text) <= CMDLINE_CHARS else text[: CMDLINE_CHARS - 1] + "…"
+
+
+def reap_process(pid: int, started: int, replicas: dict[int, str], grace_s: float = REAP_GRACE_S) -> dict:
+    """End `pid` on this node — SIGTERM, then SIGKILL after `grace_s` — only if it is still the
+    process the probe saw (same start time) and neither it nor a parent of it is one of `replicas`
+    (PID -> what it is, from Ray's actors just before). {outcome: done | refused, reason, signal}."""
+    facts = process_facts(pid)
+    if not facts["alive"]:
+        return _refused(f"PID {pid} is no longer running on this node: there is nothing to kill")
+    if facts["started"] != started:
+        return _refused(f"PID {pid} is now another process (started at tick {facts['started']}, not {started}): "
+                        "the one the probe saw has ended and its number was reused; nothing was killed")
+    for holder in (pid, *facts["parents"]):
+        if holder in replicas:
+            what = replicas[holder] if holder == pid else f"a process of {replicas[holder]} (PID {holder})"
+            return _refused(f"PID {pid} is {what}; scale or delete the model instead")
+    sent = "SIGTERM"
+    try:
+        ended = _signal_and_wait(pid, started, signal.SIGTERM, grace_s)
+    except PermissionError:
+        return _refused(f"Ray's worker on this node may not signal PID {pid} (another user's process): kill it as that user or root there")
+    if not ended:
+        sent = "SIGKILL"
+        if not _signal_and_wait(pid, started, signal.SIGKILL, 5.0):
+            return {"outcome": "done", "signal": sent, "reason": f"SIGKILL sent to PID {pid}, but it has not ended yet (stuck in the driver?)"}
+    return {"outcome": "done", "signal": sent, "reason": f"PID {pid} ended after {sent}"}
+
+
+def _refused(reason: str) -> dict:
+    return {"outcome": "refused", "signal": "", "reason": reason}
+
+
+def _signal_and_wait(pid: int, started: int, sig: int, wait_s: float) -> bool:
+    """Send `sig` and wait up to `wait_s` for the process to end; True once it has."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        facts = process_facts(pid)
+        if not facts["alive"] or facts["started"] != started:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# --- Multi-node readiness (seed 003 MN1-MN4), read on each node -----------------------------------------
+
+# The settings every node must share for one NCCL group to form and fail the same way: the interface
+# and IB adapters (MN2) and the timeouts and error handling (MN3). As the raylet's environment has
+# them, which is what a replica's worker inherits.
+NCCL_SETTINGS = (
+    "NCCL_SOCKET_IFNAME",
+    "NCCL_IB_HCA",
+    "NCCL_IB_DISABLE",
+    "NCCL_IB_TIMEOUT",
+    "NCCL_ASYNC_ERROR_HANDLING",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING",
+    "TORCH_NCCL_BLOCKING_WAIT",
+    "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC",
+)
+SYS_NET = Path("/sys/class/net")
+DEV = Path("/dev")
+DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
+FABRIC_MANAGER = "nv-fabricmanager"
+
+
+def read_node_readiness(node_id: str = "") -> dict:
+    """node_id, nccl ({setting: value or None}), mtu ({interface: MTU} of the data-plane interfaces:
+    those NCCL_SOCKET_IFNAME names when set, else every one but loopback), fabric_manager
+    ({needed, running, version, driver_version, error})."""
+    environment = dict(os.environ)
+    nccl = {name: environment.get(name) for name in NCCL_SETTINGS}
+    return {
+        "node_id": node_id,
+        "nccl": nccl,
+        "mtu": data_plane_mtus(nccl["NCCL_SOCKET_IFNAME"]),
+        "fabric_manager": fabric_manager_state(),
+    }
+
+
+def data_plane_mtus(socket_ifname: str | None, sys_net: Path = SYS_NET) -> dict[str, int]:
+    mtus: dict[str, int] = {}
+    for entry in sorted(sys_net.iterdir()) if sys_net.is_dir() else []:
+        if not nccl_uses_interface(entry.name, socket_ifname):
+            continue
+        # Unpinned, NCCL picks among the interfaces that are up; one that is down carries nothing.
+        if not socket_ifname and _read(entry / "operstate") == "down":
+            continue
+        try:
+            mtus[entry.name] = int((entry / "mtu").read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return mtus
+
+
+def nccl_uses_interface(name: str, socket_ifname: str | None) -> bool:
+    """NCCL_SOCKET_IFNAME's rule: a comma list of prefixes, `=` for exact names, `^` to exclude.
+    Unset: every interface but loopback (NCCL itself also skips docker0 then; it is no data plane
+    either way, and a differing MTU there says nothing)."""
+    if not socket_ifname:
+        return name != "lo" and not name.startswith("docker")
+    spec = socket_ifname.strip()
+    exclude = spec.startswith("^")
+    spec = spec.lstrip("^")
+    exact = spec.startswith("=")
+    patterns = [p for p in spec.lstrip("=").split(",") if p]
+    matched = any(name == p if exact else name.startswith(p) for p in patterns)
+    return not matched if exclude else matched
+
+
+def fabric_manager_state(dev: Path = DEV, proc: Path = PROC) -> dict:
+    """On an NVSwitch machine (HGX/DGX: /dev/nvidia-nvswitch*) nv-fabricmanager must run and match
+    the driver (MN1); elsewhere it is not needed."""
+    state = {"needed": any(dev.glob("nvidia-nvswitch*")), "running": False, "version": "", "driver_version": "", "error": ""}
+    if not state["needed"]:
+        return state
+    state["running"] = any(_comm(entry) == FABRIC_MANAGER for entry in proc.iterdir() if entry.name.isdigit())
+    try:
+        found = re.search(r"Kernel Module\s+(\S+)", DRIVER_VERSION_FILE.read_text())
+        state["driver_version"] = found.group(1) if found else ""
+    except OSError as exc:
+        state["error"] = f"the driver's version could not be read: {exc}"
+    try:
+        shown = subprocess.run([FABRIC_MANAGER, "--version"], capture_output=True, text=True, timeout=5).stdout
+        found = re.search(r"version is\s*:\s*(\S+)", shown)
+        state["version"] = found.group(1) if found else ""
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        state["error"] = f"{FABRIC_MANAGER} --version failed: {exc}"
+    return state
+
+
+def _comm(entry: Path) -> str:
+    return _read(entry / "comm")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from health import xid
 from health.choices import Status, worst
-from health.probes import Probe, Reading
+from health.probes import Probe, Reading, ask_cluster
 
 CLUSTER_CHECK = "gpu:cluster"
 KIND = "gpu"
@@ -30,14 +30,7 @@ def check_name(node_id: str, index: int) -> str:
 
 def fetch_nodes() -> tuple[str, str, dict]:
     """Off the cycle's thread: ask every node for its GPUs (the slow part, over Ray)."""
-    from serving.client import ServeUnavailable, get_client
-
-    try:
-        nodes = get_client().node_gpus()
-    except ServeUnavailable as exc:
-        why = f"the Ray cluster could not be reached, so no GPU was read: {exc}"
-        return Status.UNKNOWN, why, {"nodes": None, "error": why}
-    return Status.OK, "", {"nodes": nodes, "error": ""}
+    return ask_cluster("no GPU was read", lambda client: {"nodes": client.node_gpus()})
 
 
 def assess_gpu(gpu: dict) -> Reading:

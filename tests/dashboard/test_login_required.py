@@ -1,33 +1,15 @@
 """Every page and API endpoint needs a login: pages redirect to the login page, the API answers 401 JSON."""
-import re
-
 import pytest
-from django.urls import URLPattern, URLResolver, get_resolver
+
+from tests.security.urlwalk import all_routes
 
 # Reachable without logging in, on purpose.
 PUBLIC = {"login", "logout", "healthz", "readyz"}
 # Scraped by machines with a bearer token: a 401 that says how, never the login page.
 SCRAPED = {"/metrics"}
 
-
-def _walk(patterns, prefix=""):
-    for entry in patterns:
-        if isinstance(entry, URLResolver):
-            if str(entry.pattern).startswith("admin/"):
-                continue  # Django admin has its own login, tested by Django
-            yield from _walk(entry.url_patterns, prefix + str(entry.pattern))
-        elif isinstance(entry, URLPattern):
-            yield entry.name, prefix + str(entry.pattern)
-
-
-def _concrete(route: str) -> str:
-    # <int:pk> -> 1, <str:key> / <slug:key> -> x: the page must refuse before it looks anything up.
-    route = re.sub(r"<int:\w+>", "1", route)
-    route = re.sub(r"<(?:\w+:)?\w+>", "x", route)
-    return "/" + route
-
-
-ROUTES = sorted({(name, _concrete(route)) for name, route in _walk(get_resolver().url_patterns) if name not in PUBLIC})
+# A key in the path is a placeholder (1 or x): the page must refuse before it looks anything up.
+ROUTES = sorted({(route.name, route.path()) for route in all_routes() if route.name not in PUBLIC})
 
 
 def test_the_walk_finds_the_pages_and_the_api():

@@ -61,12 +61,13 @@ def running_gantry(tmp_path, test_output):
 
 def test_make_run_serves_a_login_page_and_ctrl_c_stops_everything(running_gantry, page, test_output):
     base = f"http://127.0.0.1:{running_gantry['web']}"
-    password = re.search(r"alice\s+user\s+password: (\S+)", running_gantry["output"]).group(1)
+    # The admin: /readyz below shows why a check failed only to staff.
+    password = re.search(r"admin\s+admin\s+password: (\S+)", running_gantry["output"]).group(1)
     page.goto(f"{base}/login/")
-    page.fill("#id_username", "alice")
+    page.fill("#id_username", "admin")
     page.fill("#id_password", password)
     page.click("button[type=submit]")
-    expect(page.get_by_role("heading", name="Welcome, alice")).to_be_visible()
+    expect(page.get_by_role("heading", name="Welcome, admin")).to_be_visible()
     expect(page.locator("#ray-banner")).to_have_count(0)  # the local Ray head was up before the web app
     page.screenshot(path=test_output / "make-run-logged-in.png", full_page=True)
 

@@ -92,7 +92,7 @@ def test_it_reports_on_a_spec_and_deploys_nothing(alice_api, alice, roots):
     assert versions["guard"] == "versions" and versions["status"] == "fail" and versions["remedy"]
     [sha] = [e for e in versions["evidence"] if e["item"] == "tokenizer_sha"]
     assert sha["declared"] == WRONG_SHA and sha["effective"] != WRONG_SHA and sha["status"] == "fail"
-    assert [g["guard"] for g in report["guards"]] == ["versions", "cuda", "prompts", "secrets"]
+    assert [g["guard"] for g in report["guards"]] == ["versions", "cuda", "vram", "prompts", "secrets"]
 
     run = PreflightRun.objects.get()
     assert report["id"] == run.pk and report["url"] == f"/gates/preflight/{run.pk}/"

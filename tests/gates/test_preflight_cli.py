@@ -77,7 +77,7 @@ def test_it_passes_a_clean_folder_with_a_tick_per_guard(cli, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     ticks = [line for line in result.stdout.splitlines() if line.startswith("✔ ")]
     assert [line.split(" ..")[0] for line in ticks] == [
-        "✔ checkpoint ↔ runtime", "✔ GPU driver ↔ CUDA build", "✔ prompt variables", "✔ required secrets",
+        "✔ checkpoint ↔ runtime", "✔ GPU driver ↔ CUDA build", "✔ VRAM fit", "✔ prompt variables", "✔ required secrets",
     ]
     assert "→ May deploy." in result.stdout
     assert "compared with this machine" in result.stdout  # no database, so no cluster reading either
@@ -107,7 +107,7 @@ def test_json_is_one_parsable_report(cli, tmp_path):
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["status"] == "fail" and report["passed"] is False and report["can_be_forced"] is True
-    assert [g["guard"] for g in report["guards"]] == ["versions", "cuda", "prompts", "secrets"]
+    assert [g["guard"] for g in report["guards"]] == ["versions", "cuda", "vram", "prompts", "secrets"]
     [sha] = [e for e in report["guards"][0]["evidence"] if e["item"] == "tokenizer_sha"]
     assert (sha["declared"], sha["effective"], sha["status"]) == (WRONG_SHA, tokenizer_digest(folder)[0], "fail")
     assert report["id"] is None and report["url"] is None  # not recorded: no database

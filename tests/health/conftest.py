@@ -1,7 +1,9 @@
-"""A real local HTTP receiver for alert webhooks: http.server in a thread, recording what it got."""
+"""Fixtures of the health tests: a real local HTTP receiver for alert webhooks (http.server in a
+thread, recording what it got), FakeServe as the client, and a real child process."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -60,3 +62,12 @@ def fake(settings):
     fake = reset_shared()
     yield fake
     reset_shared()
+
+
+@pytest.fixture
+def child():
+    """A real process of this test's own (`sleep 300`), killed after it, for the zombie tests."""
+    process = subprocess.Popen(["sleep", "300"])
+    yield process
+    process.kill()
+    process.wait()

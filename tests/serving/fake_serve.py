@@ -14,6 +14,7 @@ tested against a real cluster.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 
@@ -54,6 +55,11 @@ class FakeServe(ServeClient):
         self.runtimes: list[dict] | None = None
         # What node_gpus() reports: one reading per node, as RayServeClient.node_gpus gives them.
         self.gpu_readings: list[dict] = []
+        # What node_processes(), serve_actors() and node_readiness() report, as the Ray client gives them.
+        self.process_readings: list[dict] = []
+        self.actors: list[dict] = []
+        self.readiness_readings: list[dict] = []
+        self.node_calls: list[tuple] = []  # reap_on_node / remove_segment_on_node, with their arguments
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -145,6 +151,31 @@ class FakeServe(ServeClient):
     def node_gpus(self) -> list[dict]:
         self._enter("node_gpus")
         return [{**reading, "gpus": [dict(gpu) for gpu in reading.get("gpus", [])]} for reading in self.gpu_readings]
+
+    def node_processes(self) -> list[dict]:
+        self._enter("node_processes")
+        return copy.deepcopy(self.process_readings)
+
+    def serve_actors(self) -> list[dict]:
+        self._enter("serve_actors")
+        return copy.deepcopy(self.actors)
+
+    def node_readiness(self) -> list[dict]:
+        self._enter("node_readiness")
+        return copy.deepcopy(self.readiness_readings)
+
+    def reap_on_node(self, node_id: str, pid: int, started: int, replicas: dict[int, str]) -> dict:
+        """The real reap_process, here: this machine is the fake cluster's one node."""
+        from health.probes.gpu import reap_process
+
+        self._enter("reap_on_node")
+        self.node_calls.append(("reap", node_id, pid, started, dict(replicas)))
+        return reap_process(pid, started, replicas, grace_s=2.0)
+
+    def remove_segment_on_node(self, node_id: str, name: str) -> list[dict]:
+        self._enter("remove_segment_on_node")
+        self.node_calls.append(("remove_segment", node_id, name))
+        return []
 
     def failure_cause(self, model_key: str, limit: int = 2000) -> str:
         self._enter("failure_cause")

@@ -22,6 +22,7 @@ BAD_BY_TYPE = {
 BAD_BY_NAME = {
     "owner": ["no spaces allowed", "a" * 151, ""],
     "cursor": ["not-a-cursor", "", "%%%"],
+    "gate": ["no spaces allowed", "a" * 101, "../x", ""],
 }
 
 

@@ -22,6 +22,14 @@ pytestmark = [pytest.mark.usefixtures("roots", "gpu_engine")]
 ENQUEUE_ON_THE_GATES_QUEUE = preflights.enqueue  # taken at import, before the autouse fixture replaces it
 
 
+def not_failed_but_for_vram(run) -> bool:
+    """Every guard ok but the VRAM fit, which warns: this folder has no weights to estimate and no
+    health probe has read GPUs here, and a GPU deploy must not read as if memory had been compared."""
+    rest = {r.guard: r.status for r in run.guard_results if r.guard != "vram"}
+    vram = next(r for r in run.guard_results if r.guard == "vram")
+    return run.status == "warn" and set(rest.values()) == {"ok"} and vram.status == "warn"
+
+
 def fresh(model) -> ServeModel:
     return ServeModel.objects.get(pk=model.pk)
 
@@ -79,7 +87,8 @@ def test_it_deploys_after_the_card_is_fixed_and_the_model_retried(alice, fake_se
     reconcile(fake_serve)
     assert fresh(model).state == State.DEPLOYING
     assert fake_serve.applied() == [model.model_key]
-    assert list(PreflightRun.objects.filter(model=model).order_by("id").values_list("status", flat=True)) == ["fail", "ok"]
+    failed, passed = PreflightRun.objects.filter(model=model).order_by("id")
+    assert failed.status == "fail" and not_failed_but_for_vram(passed)
 
 
 @pytest.mark.django_db
@@ -231,7 +240,7 @@ def test_the_deploys_preflight_is_a_task_on_the_gates_queue_that_wakes_the_recon
     from gates.tasks import preflight_for_deploy
 
     preflight_for_deploy.run(run.pk)  # what the worker does with that message
-    assert PreflightRun.objects.get(pk=run.pk).status == "ok"
+    assert not_failed_but_for_vram(PreflightRun.objects.get(pk=run.pk))
     woken = [json.loads(raw)["headers"]["task"] for raw in broker.lrange("serve", 0, -1)]
     assert "serving.tasks.reconcile" in woken
     reconcile(fake_serve)

@@ -4,7 +4,7 @@ import secrets
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from dashboard.roles import REVIEWERS_GROUP, ensure_roles
 
@@ -20,6 +20,12 @@ class Command(BaseCommand):
     help = "Create the demo accounts (alice and bob users, rita reviewer, admin) and print their passwords."
 
     def handle(self, *args, **options):
+        if settings.PRODUCTION:
+            # Known account names with passwords printed to a terminal and kept in var/: a demo, never a deployment.
+            raise CommandError(
+                "seed_demo refuses to run with GANTRY_ENV=prod: it creates demo accounts (alice, bob, rita, admin) "
+                "and prints their passwords. Create real accounts with `manage.py createsuperuser` or the admin."
+            )
         ensure_roles()
         # Passwords are made once and kept in var/ so they stay the same across runs.
         path = settings.VAR_DIR / "demo-passwords.json"
