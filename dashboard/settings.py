@@ -308,6 +308,11 @@ def _secrets_keys() -> list[str]:
 
 GANTRY_SECRETS_KEYS = _secrets_keys()
 
+# The model page's playground: calls per user and minute (a compare counts two), and how long one
+# streamed answer may take.
+GANTRY_PLAYGROUND_CALLS_PER_MINUTE = env_int("GANTRY_PLAYGROUND_CALLS_PER_MINUTE", 20, minimum=1)
+GANTRY_PLAYGROUND_TIMEOUT_S = env_int("GANTRY_PLAYGROUND_TIMEOUT_S", 120, minimum=1)
+
 # Gate runs: a worker holds a run's lease while it runs a step (renewed during a long eval); a run
 # whose worker died is taken over this long after. The eval asks the deployment a few rows at a time,
 # greedy, each answer at most this many tokens.

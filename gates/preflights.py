@@ -283,9 +283,41 @@ def _stuck(run: PreflightRun) -> bool:
     return (timezone.now() - run.started_at).total_seconds() > allowed
 
 
+def fresh_cluster_runtime() -> Runtime | None:
+    """The workers' reading of the cluster when it can be used as it is (younger than the TTL, the
+    same nodes): what read_cluster_runtime would return without asking Ray. None otherwise."""
+    reading = RuntimeReading.objects.filter(name=RuntimeReading.ONE).first()
+    if reading is None or reading.read_at is None:
+        return None
+    if (timezone.now() - reading.read_at).total_seconds() >= settings.GANTRY_PREFLIGHT_RUNTIME_TTL_S:
+        return None
+    alive = _alive_node_ids()
+    if alive and sorted(reading.node_ids) != alive:
+        return None
+    return Runtime.from_dict(reading.runtime)
+
+
+def run_in_tick(run: PreflightRun) -> bool:
+    """Run a deploy's preflight at once, in the reconciler's tick, when nothing in it can wait: no
+    required secret (the secrets guard is the one that waits for them) and a fresh cluster reading
+    (asking Ray for one can take a call's timeout). Saves the task round trips to the gates worker
+    and back, which a deploy otherwise waits for. False: nothing was run; enqueue it."""
+    if run.config.get("secrets"):
+        return False
+    runtime = fresh_cluster_runtime()
+    if runtime is None:
+        return False
+    if not PreflightRun.objects.filter(pk=run.pk, status=PreflightRun.Status.PENDING).update(status=PreflightRun.Status.RUNNING, started_at=timezone.now()):
+        return False
+    run.refresh_from_db()
+    execute(run, runtime, wait_for_secrets=False)
+    return True
+
+
 def verdict_for_apply(model) -> Verdict:
     """Whether the model's current spec may go to Serve. Reuses the run of this generation, or a
-    passed run of the same spec when only the replica count changed since; otherwise starts one."""
+    passed run of the same spec when only the replica count changed since; otherwise starts one,
+    in this tick when it can (run_in_tick), else as a task on the gates queue."""
     digest = spec_digest(model.resolved_spec)
     run = PreflightRun.objects.filter(model=model, trigger=PreflightRun.Trigger.DEPLOY).order_by("-created_at", "-id").first()
     reusable = run is not None and run.spec_digest == digest and (
@@ -293,7 +325,8 @@ def verdict_for_apply(model) -> Verdict:
     )
     if not reusable:
         run = new_run(model.resolved_spec, trigger=PreflightRun.Trigger.DEPLOY, owner=model.owner, model=model)
-        enqueue(run)
+        if not run_in_tick(run):
+            enqueue(run)
         run.refresh_from_db()
     elif _stuck(run):
         PreflightRun.objects.filter(pk=run.pk, status=PreflightRun.Status.RUNNING).update(status=PreflightRun.Status.PENDING)

@@ -365,3 +365,24 @@ class VramObservation(models.Model):
             "gpus": [{"node_id": node, "index": index, "measured_bytes": used} for (node, index), used in sorted(measured.by_gpu.items())],
         })
         return observation
+
+
+class PlaygroundCall(models.Model):
+    """One answer streamed in a model's playground: what it measured, and what the per-user rate
+    limit counts (rows, not a per-process cache, so every web process sees the same count)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    model = models.ForeignKey(ServeModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="playground_calls")
+    model_key = models.CharField(max_length=200)
+    prompt_chars = models.PositiveIntegerField()
+    max_tokens = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_s = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["user", "started_at"], name="serving_playground_user_recent")]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from serving import views
+from serving import playground_views, views
 
 app_name = "serving"
 # The fixed names come first: a model key is always <user>-<YYYYMMDDHHMM>-<suffix>, never "new" or "cluster".
@@ -15,4 +15,7 @@ urlpatterns = [
     path("<str:model_key>/retry", views.retry, name="retry"),
     path("<str:model_key>/diff", views.diff, name="diff"),
     path("<str:model_key>/rollback/<int:number>", views.rollback, name="rollback"),
+    path("<str:model_key>/playground", playground_views.page, name="playground"),
+    path("<str:model_key>/playground/ask", playground_views.ask, name="playground_ask"),
+    path("<str:model_key>/playground/stream", playground_views.answer_stream, name="playground_stream"),
 ]

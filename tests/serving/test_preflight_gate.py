@@ -246,3 +246,31 @@ def test_the_deploys_preflight_is_a_task_on_the_gates_queue_that_wakes_the_recon
     reconcile(fake_serve)
     assert fresh(model).state == State.DEPLOYING and fake_serve.applied() == [model.model_key]
     broker.delete("gates", "serve")
+
+
+@pytest.mark.django_db
+def test_with_a_fresh_cluster_reading_and_no_secret_to_wait_for_the_tick_runs_the_preflight_and_applies(alice, fake_serve, folder, monkeypatch):
+    first = create_model(alice, "first")
+    reconcile(fake_serve)  # no reading yet: the preflight went to the gates worker, which read the cluster
+    assert fresh(first).state == State.DEPLOYING
+    sent = []
+    monkeypatch.setattr(preflights, "enqueue", sent.append)
+
+    model = create_model(alice, "second")
+    reconcile(fake_serve)  # one tick: preflight and apply, no round trip through the gates queue
+    assert sent == [], "the preflight went to the queue although nothing in it could wait"
+    assert fresh(model).state == State.DEPLOYING and model.model_key in fake_serve.applied()
+    run = PreflightRun.objects.get(model=model)
+    assert run.is_done and run.runtime["source"] == "cluster"
+
+
+@pytest.mark.django_db
+def test_a_spec_that_requires_a_secret_still_waits_for_it_on_the_gates_queue(alice, fake_serve, folder, monkeypatch):
+    create_model(alice, "first")
+    reconcile(fake_serve)  # a fresh cluster reading now exists
+    sent = []
+    monkeypatch.setattr(preflights, "enqueue", sent.append)
+    model = create_model(alice, "needs-key", preflight="{secrets: [OPENAI_API_KEY], secret_timeout: 30}")
+    reconcile(fake_serve)
+    assert [run.model_id for run in sent] == [model.pk]
+    assert fresh(model).state == State.QUEUED and model.model_key not in fake_serve.applied()
