@@ -30,23 +30,39 @@ WATCH = """() => {
 }"""
 
 
-def wait_running(keys, timeout_s=420):
+def wait_for(keys, state, timeout_s=420):
+    """Until every model is in `state`: the fixture's ticker reconciles meanwhile, as beat would."""
     import time
 
     deadline = time.monotonic() + timeout_s
     while True:
         states = {k: ServeModel.objects.get(model_key=k).state for k in keys}
-        if all(s == State.RUNNING for s in states.values()):
+        if all(s == state for s in states.values()):
             return
         assert State.FAILED not in states.values(), states
         assert time.monotonic() < deadline, states
         time.sleep(1)
 
 
-def test_an_answer_streams_token_by_token_and_compare_shows_two(page, live_server, alice, bob, real_gantry, test_output):
-    first, _ = deployments.submit_spec(alice, f"model_id: chat-{uuid.uuid4().hex[:6]}\nmodel_source: $HOME/common/hf/tiny-llama\n")
-    second, _ = deployments.submit_spec(alice, f"model_id: chat-{uuid.uuid4().hex[:6]}\nmodel_source: $HOME/common/hf/tiny-llama\n")
-    wait_running([first.model_key, second.model_key])
+@pytest.fixture
+def two_models(real_gantry, alice):
+    """Two RUNNING models of alice's; deleted (and waited for) even when the test fails, since the
+    head is shared and other modules count the models it serves."""
+    made = [deployments.submit_spec(alice, f"model_id: chat-{uuid.uuid4().hex[:6]}\nmodel_source: $HOME/common/hf/tiny-llama\n")[0] for _ in range(2)]
+    keys = [m.model_key for m in made]
+    try:
+        wait_for(keys, State.RUNNING)
+        yield made
+    finally:
+        for model in made:
+            model = ServeModel.objects.get(pk=model.pk)
+            if model.state not in (State.DELETING, State.DELETED):
+                deployments.request_delete(model, alice)
+        wait_for(keys, State.DELETED, timeout_s=180)
+
+
+def test_an_answer_streams_token_by_token_and_compare_shows_two(page, live_server, alice, bob, two_models, test_output):
+    first, second = two_models
 
     login_in_browser(page, live_server.url, "alice")
     page.goto(f"{live_server.url}/serving/{first.model_key}")
@@ -81,5 +97,3 @@ def test_an_answer_streams_token_by_token_and_compare_shows_two(page, live_serve
     login_in_browser(page, live_server.url, "bob")
     assert page.goto(f"{live_server.url}/serving/{first.model_key}/playground").status == 404
 
-    for model in (first, second):
-        deployments.request_delete(ServeModel.objects.get(pk=model.pk), alice)
