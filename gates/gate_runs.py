@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 
 ACTIVE = (GateRunState.QUEUED, GateRunState.RUNNING)
 RUN_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-DEV_SEMVER = "v0.0.0-dev"
 
 
 class GateRunRefused(Exception):
@@ -97,7 +96,7 @@ def request(user, *, gate, mlflow_run_id, semver, registered_model=None, artifac
         semver = registry.validate_semver(semver)
     except ValueError as exc:
         raise _refused("semver", str(exc)) from None
-    if semver.startswith(DEV_SEMVER):
+    if registry.is_dev_semver(semver):
         raise _refused("semver", f"{semver} is a dev version: those skip the gate on purpose (manage.py register_dev, outside prod); the gate promotes real versions.")
     artifact_path = _artifact_path(artifact_path)
     baseline = baselines.current_for(gate)
