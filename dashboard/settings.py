@@ -112,7 +112,9 @@ TEMPLATES = [
 def _database() -> dict:
     url = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'gantry.sqlite3'}")
     try:
-        config = dj_database_url.parse(url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0))
+        # Health checks: a kept connection the database dropped (a restart) is replaced before the
+        # next request uses it, instead of failing that request.
+        config = dj_database_url.parse(url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0), conn_health_checks=True)
     except (ValueError, KeyError) as exc:
         raise ConfigError(
             f"DATABASE_URL={url!r} is not a database URL Gantry understands ({exc}). "
@@ -359,6 +361,16 @@ GANTRY_HEALTH_GPU_SAMPLES_HOURS = env_int("GANTRY_HEALTH_GPU_SAMPLES_HOURS", 24,
 CELERY_BEAT_SCHEDULE["gates-stalled-runs"] = {"task": "gates.tasks.resend_stalled_gate_runs", "schedule": float(GANTRY_RECONCILE_INTERVAL_S), "options": {"expires": float(GANTRY_RECONCILE_INTERVAL_S)}}
 CELERY_BEAT_SCHEDULE["health-probes"] = {"task": "health.tasks.run_probes", "schedule": float(GANTRY_HEALTH_INTERVAL_S), "options": {"expires": float(GANTRY_HEALTH_INTERVAL_S)}}
 CELERY_BEAT_SCHEDULE["health-gpu-samples"] = {"task": "health.tasks.thin_gpu_samples", "schedule": 300.0, "options": {"expires": 300.0}}
+# Live engine metrics (serving/engine_metrics.py): how often every Ray node's metrics endpoint is
+# read, each read's bound, the window rates and quantiles cover (several of Ray's 10 s pushes to the
+# export, so neighbouring scrapes' aliasing evens out), and how long samples are kept. On the health
+# queue: a probe-like read that must not wait behind a deploy on the serve queue.
+GANTRY_ENGINE_METRICS_INTERVAL_S = env_int("GANTRY_ENGINE_METRICS_INTERVAL_S", 10, minimum=1)
+GANTRY_ENGINE_METRICS_TIMEOUT_S = env_int("GANTRY_ENGINE_METRICS_TIMEOUT_S", 5, minimum=1)
+GANTRY_ENGINE_METRICS_WINDOW_S = env_int("GANTRY_ENGINE_METRICS_WINDOW_S", 30, minimum=1)
+GANTRY_ENGINE_METRICS_KEEP_MINUTES = env_int("GANTRY_ENGINE_METRICS_KEEP_MINUTES", 60, minimum=1)
+CELERY_TASK_ROUTES = {"serving.tasks.scrape_engine_metrics": {"queue": "health"}, **CELERY_TASK_ROUTES}
+CELERY_BEAT_SCHEDULE["serving-engine-metrics"] = {"task": "serving.tasks.scrape_engine_metrics", "schedule": float(GANTRY_ENGINE_METRICS_INTERVAL_S), "options": {"expires": float(GANTRY_ENGINE_METRICS_INTERVAL_S), "queue": "health"}}
 
 LOGGING = {
     "version": 1,

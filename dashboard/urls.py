@@ -21,3 +21,4 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 handler404 = "dashboard.views.not_found"
+handler500 = "dashboard.outage.server_error"

@@ -1,4 +1,4 @@
-"""/metrics in Prometheus' text format: each check's status and each GPU's newest figures."""
+"""/metrics in Prometheus' text format: each check's status, each GPU's and each model's engine's newest figures."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from health.choices import SEVERITY, Status
 from health.models import GpuSample, HealthCheck
 from health.panel import STALE_INTERVALS
+from serving import engine_metrics
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -44,4 +45,6 @@ def metrics_text() -> bytes:
             value = getattr(sample, field)
             if value is not None:
                 gauge.labels(node=sample.node_id, gpu=str(sample.gpu_index)).set(value)
+    # Each model's engine figures (TTFT, ITL, tokens/s, queue, KV cache), from serving's samples.
+    engine_metrics.add_to_registry(registry)
     return generate_latest(registry)

@@ -174,12 +174,15 @@ def model_item(request: HttpRequest, model_key: str) -> JsonResponse:
     model = _owned(request, model_key)
     if request.method == "PATCH":
         data = _json_body(request)
-        unknown = sorted(set(data) - {"num_replicas"})
+        unknown = sorted(set(data) - {"num_replicas", "autoscaling"})
         if unknown:
-            raise SpecError(422, "invalid_spec", f"Only num_replicas can be patched; post the YAML spec to change {', '.join(unknown)}.", unknown[0])
-        if "num_replicas" not in data:
-            raise SpecError(422, "invalid_spec", "Send {\"num_replicas\": N}.", "num_replicas")
-        model = deployments.scale(model, data["num_replicas"], request.user)
+            raise SpecError(422, "invalid_spec", f"Only num_replicas or autoscaling can be patched; post the YAML spec to change {', '.join(unknown)}.", unknown[0])
+        if len(data) != 1:
+            raise SpecError(422, "invalid_spec", "Send {\"num_replicas\": N} or {\"autoscaling\": {\"max_replicas\": N, …}}.", "num_replicas")
+        if "autoscaling" in data:
+            model = deployments.set_autoscaling(model, data["autoscaling"], request.user)
+        else:
+            model = deployments.scale(model, data["num_replicas"], request.user)
         return JsonResponse({"model_key": model.model_key, "state": model.state, "generation": model.generation}, status=202)
     if request.method == "DELETE":
         model = deployments.request_delete(model, request.user)

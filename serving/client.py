@@ -41,6 +41,12 @@ class DeploymentStatus:
     status: str
     message: str = ""
     replica_states: dict[str, int] = field(default_factory=dict)
+    # What Serve is working towards (its autoscaler's decision, or the fixed count); None when
+    # Serve's details could not be read this time.
+    target_replicas: int | None = None
+    # How the deployment reached its status (Serve's DeploymentStatusTrigger: AUTOSCALING,
+    # UPSCALE_COMPLETED, CONFIG_UPDATE_STARTED, …).
+    trigger: str = ""
 
     @property
     def running_replicas(self) -> int:
@@ -62,6 +68,11 @@ class AppStatus:
         return sum(d.running_replicas for d in self.deployments)
 
     @property
+    def target_replicas(self) -> int | None:
+        targets = [d.target_replicas for d in self.deployments]
+        return None if not targets or None in targets else sum(targets)
+
+    @property
     def messages(self) -> str:
         """Serve's own words, application first, then each deployment's."""
         parts = [self.message] + [f"{d.name}: {d.message}" for d in self.deployments if d.message]
@@ -72,7 +83,13 @@ class AppStatus:
             "status": self.status,
             "message": self.message,
             "deployments": {
-                d.name: {"status": d.status, "message": d.message, "replica_states": dict(d.replica_states)}
+                d.name: {
+                    "status": d.status,
+                    "message": d.message,
+                    "replica_states": dict(d.replica_states),
+                    "target_replicas": d.target_replicas,
+                    "trigger": d.trigger,
+                }
                 for d in self.deployments
             },
         }
@@ -163,8 +180,9 @@ class ServeClient(abc.ABC):
         """Remove one model's application; a missing application is not an error."""
 
     @abc.abstractmethod
-    def status(self) -> dict[str, AppStatus]:
-        """Every Serve application by name, with per-deployment replica states."""
+    def status(self, *, targets: bool = False) -> dict[str, AppStatus]:
+        """Every Serve application by name, with per-deployment replica states; with `targets`, also
+        the replica count each deployment is working towards (one more read of Serve's details)."""
 
     @abc.abstractmethod
     def cluster_resources(self) -> ClusterResources:
@@ -219,6 +237,11 @@ class ServeClient(abc.ABC):
         read_node_readiness) with its address; a node that did not answer has an `error`."""
         return []
 
+    def metrics_endpoints(self) -> list[dict]:
+        """Each alive node's Prometheus export, where its replicas' vLLM metrics come out (and all
+        of Ray's own): {node_id, address, port}, read-only. [] when this client has no nodes."""
+        return []
+
 
 def get_client() -> ServeClient:
     return import_string(settings.GANTRY_SERVE_CLIENT)()
@@ -267,6 +290,8 @@ class RayServeClient(ServeClient):
         llm_config = LLMConfig(**filled)  # invalid configs fail here, before Serve changes
         with _cluster_errors():
             app = serve.status().applications.get(model_key)
+            if "autoscaling_config" in config["deployment_config"]:
+                return self._apply_autoscaled(model_key, config, build_llm_deployment(llm_config), app)
             target = config["deployment_config"]["num_replicas"]
             if app is not None and previous is not None and _differs_only_in_replicas(previous, config):
                 if self._scale_in_place(model_key, app, target):
@@ -277,6 +302,30 @@ class RayServeClient(ServeClient):
                 [serve.RunTarget(build_llm_deployment(llm_config), name=model_key, route_prefix=None, external_scaler_enabled=True)],
                 wait_for_applications_running=False,
             )
+
+    def _apply_autoscaled(self, model_key: str, config: dict, app_target: Any, app: Any) -> None:
+        """Deploy a model that Serve's own autoscaler scales, so that a later change of its bounds
+        or target is applied in place.
+
+        Serve restarts a deployment's replicas when its code version changes, and an imperative
+        serve.run draws a random one each time (see _scale_in_place). Here the version is derived
+        from the config minus its deployment_config: a change of autoscaling_config alone keeps
+        the version, and Serve only reconfigures the running replicas (autoscaling_config is a
+        NeedsActorReconfigure option: same actors, same PIDs; tests/integration/test_autoscaling.py
+        pins it). Any other change gives another version, and a rolling restart as before. A retry
+        of an application Serve gave up on (DEPLOY_FAILED) gets a fresh version, or Serve would
+        keep the failed target as it is. Serve refuses external_scaler_enabled together with
+        autoscaling, so these applications are deployed without it.
+        """
+        from ray.serve.deployment import Application
+
+        from ray import serve
+
+        version = code_version(config)
+        if app is not None and _value(app.status) == "DEPLOY_FAILED":
+            version = f"{version}-retry-{time.time_ns():x}"
+        pinned = Application(app_target._bound_deployment.options(version=version, _internal=True))
+        serve.run_many([serve.RunTarget(pinned, name=model_key, route_prefix=None)], wait_for_applications_running=False)
 
     def delete_model(self, model_key: str) -> None:
         """Ask Serve to delete the application and return; status() shows DELETING until it is gone
@@ -291,13 +340,29 @@ class RayServeClient(ServeClient):
                 return
             serve.delete(model_key, _blocking=False)
 
-    def status(self) -> dict[str, AppStatus]:
+    def status(self, *, targets: bool = False) -> dict[str, AppStatus]:
         self._connect()
         from ray import serve
 
         with _cluster_errors():
             applications = serve.status().applications
-        return {name: _app_status(name, app) for name, app in applications.items()}
+            wanted = self._target_replicas() if targets else {}
+        return {name: _app_status(name, app, wanted.get(name, {})) for name, app in applications.items()}
+
+    def _target_replicas(self) -> dict[str, dict[str, int]]:
+        """{app: {deployment: target replica count}} from Serve's details: the number its
+        autoscaler (or a fixed num_replicas) is working towards. serve.status() does not carry it."""
+        from ray.serve.context import _get_global_client
+
+        try:
+            details = _get_global_client().get_serve_details()
+        except Exception as exc:  # noqa: BLE001 — the target is a courtesy; status() is what counts
+            log.warning("could not read Serve's target replica counts: %s", exc)
+            return {}
+        return {
+            app_name: {name: int(d.get("target_num_replicas", 0)) for name, d in (app.get("deployments") or {}).items()}
+            for app_name, app in (details.get("applications") or {}).items()
+        }
 
     def cluster_resources(self) -> ClusterResources:
         self._connect()
@@ -414,6 +479,23 @@ class RayServeClient(ServeClient):
             time.sleep(pause)
         return False  # not reached: the last attempt returns or raises
 
+
+    # --- Reading the cluster ---------------------------------------------------------------------
+
+    def metrics_endpoints(self) -> list[dict]:
+        """Every alive node's metrics export port as Ray's GCS knows it (`ray start
+        --metrics-export-port`, or the one Ray picked), with the node's address. ServeUnavailable
+        when the cluster cannot be reached."""
+        self._connect()
+        import ray
+
+        with _cluster_errors():
+            nodes = call_with_timeout(ray.nodes, timeout_s=settings.GANTRY_SERVE_CALL_TIMEOUT_S, what="ray.nodes")
+        return [
+            {"node_id": node["NodeID"], "address": node.get("NodeManagerAddress", ""), "port": int(node["MetricsExportPort"])}
+            for node in nodes
+            if node.get("Alive") and node.get("MetricsExportPort")
+        ]
 
     # --- Housekeeping and diagnosis ---------------------------------------------------------------
 
@@ -859,7 +941,20 @@ def _plain(message: str | None) -> str:
     return _ANSI_ESCAPE.sub("", message or "")
 
 
-def _app_status(name: str, app: Any) -> AppStatus:
+def code_version(config: dict) -> str:
+    """The code version of an autoscaled model's deployment: the same for every config that differs
+    only in deployment_config (replica counts, autoscaling bounds), and for the same Ray release."""
+    import hashlib
+
+    import ray
+
+    rest = {key: value for key, value in config.items() if key != "deployment_config"}
+    blob = json.dumps({"config": rest, "ray": ray.__version__}, sort_keys=True, default=str)
+    return "gantry-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _app_status(name: str, app: Any, targets: dict[str, int] | None = None) -> AppStatus:
+    targets = targets or {}
     return AppStatus(
         name=name,
         status=_value(app.status),
@@ -870,6 +965,8 @@ def _app_status(name: str, app: Any) -> AppStatus:
                 status=_value(deployment.status),
                 message=_plain(deployment.message),
                 replica_states={_value(state): int(n) for state, n in deployment.replica_states.items()},
+                target_replicas=targets.get(deployment_name),
+                trigger=_value(getattr(deployment, "status_trigger", "") or ""),
             )
             for deployment_name, deployment in app.deployments.items()
         ),

@@ -13,17 +13,36 @@ from dashboard.models import AuditEntry
 from serving.choices import EventKind, State
 from serving.engine import current_engine
 from serving.models import ServeModel, ServeRevision
-from serving.spec import ResolvedSpec, Roots, parse_spec_yaml, resolve_spec, validate_num_replicas, validate_spec
+from serving.spec import (
+    ResolvedSpec,
+    Roots,
+    SpecError,
+    parse_spec_yaml,
+    refuse_fixed_count,
+    resolve_spec,
+    validate_autoscaling,
+    validate_num_replicas,
+    validate_spec,
+)
 
 
 class ChangeRefused(Exception):
     """The model's current state cannot take this change (409)."""
 
 
+def _locked(rows):
+    """The model's row, locked until the change commits, with its owner read in the same query: the
+    event every change logs names the owner. `of=("self",)` locks the model alone, not the user's
+    row too (a plain FOR UPDATE over the join would)."""
+    return rows.select_related("owner").select_for_update(of=("self",))
+
+
 def reconcile_soon() -> None:
     from serving.tasks import reconcile
 
-    reconcile.delay_on_commit()
+    # Robust: the change is committed by then, so a broker that is down must not turn it into a 500
+    # (Django logs the error); beat's periodic reconcile applies it once the broker is back.
+    transaction.on_commit(reconcile.delay, robust=True)
 
 
 def _requeue_or_log(model: ServeModel, kind: str, message: str, actor) -> None:
@@ -44,7 +63,7 @@ def submit_spec(user, text: str) -> tuple[ServeModel, bool]:
     """
     spec = validate_spec(parse_spec_yaml(text), engine=current_engine())
     with transaction.atomic():
-        model = ServeModel.objects.select_for_update().filter(owner=user, suffix=spec.suffix).first()
+        model = _locked(ServeModel.objects.filter(owner=user, suffix=spec.suffix)).first()
         # The public id keeps its creation minute across updates: resolve against the stored one.
         created_at = model.created_at if model else timezone.now()
         resolved = resolve_spec(spec, username=user.username, created_at=created_at, roots=Roots.from_settings())
@@ -85,9 +104,11 @@ def _create(user, text: str, resolved: ResolvedSpec, created_at, note: str = "")
 def scale(model: ServeModel, num_replicas, actor) -> ServeModel:
     replicas = validate_num_replicas(num_replicas)
     with transaction.atomic():
-        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        model = _locked(ServeModel.objects).get(pk=model.pk)
         if model.state in (State.DELETING, State.DELETED):
             raise ChangeRefused(f"{model.model_id} is {model.state}; it cannot be scaled.")
+        if model.resolved_spec.get("autoscaling"):
+            raise refuse_fixed_count(model.resolved_spec["autoscaling"])
         before = model.num_replicas
         model.resolved_spec = {**model.resolved_spec, "num_replicas": replicas}
         model.generation += 1
@@ -98,9 +119,41 @@ def scale(model: ServeModel, num_replicas, actor) -> ServeModel:
     return model
 
 
+def set_autoscaling(model: ServeModel, bounds, actor) -> ServeModel:
+    """Change the bounds or the target Serve's autoscaler keeps to (a partial mapping keeps the rest
+    as they are), or start autoscaling a model that had a fixed count. Applied in place: the model's
+    replicas keep running (serving/client.py, _apply_autoscaled)."""
+    if not isinstance(bounds, dict):
+        names = "min_replicas, max_replicas, target_ongoing_requests, upscale_delay_s, downscale_delay_s"
+        raise SpecError(422, "invalid_spec", f"autoscaling must be a mapping of {names}.", "autoscaling")
+    with transaction.atomic():
+        model = _locked(ServeModel.objects).get(pk=model.pk)
+        if model.state in (State.DELETING, State.DELETED):
+            raise ChangeRefused(f"{model.model_id} is {model.state}; its autoscaling cannot be changed.")
+        before = model.autoscaling
+        filled = validate_autoscaling({**before, **bounds})
+        if filled == before:
+            return model
+        model.resolved_spec = {**model.resolved_spec, "autoscaling": filled, "num_replicas": filled["min_replicas"]}
+        model.generation += 1
+        model.change_reason = "autoscaling bounds" if before else "start autoscaling"
+        model.rejected_config_hash = ""
+        _requeue_or_log(model, EventKind.SCALED, f"Autoscaling set to {_bounds(filled)}.", actor)
+    reconcile_soon()
+    return model
+
+
+def _bounds(autoscaling: dict) -> str:
+    return (
+        f"{autoscaling['min_replicas']}–{autoscaling['max_replicas']} replicas, "
+        f"target {autoscaling['target_ongoing_requests']:g} ongoing request(s) per replica, "
+        f"up after {autoscaling['upscale_delay_s']:g} s, down after {autoscaling['downscale_delay_s']:g} s"
+    )
+
+
 def request_delete(model: ServeModel, actor) -> ServeModel:
     with transaction.atomic():
-        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        model = _locked(ServeModel.objects).get(pk=model.pk)
         if model.state == State.DELETED:
             raise ChangeRefused(f"{model.model_id} is already deleted.")
         if model.state != State.DELETING:
@@ -112,7 +165,7 @@ def request_delete(model: ServeModel, actor) -> ServeModel:
 
 def rollback(model: ServeModel, revision_number: int, actor) -> ServeModel:
     with transaction.atomic():
-        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        model = _locked(ServeModel.objects).get(pk=model.pk)
         revision = ServeRevision.objects.filter(model=model, number=revision_number).first()
         if revision is None:
             raise LookupError(f"{model.model_id} has no revision {revision_number}.")
@@ -134,7 +187,7 @@ def retry(model: ServeModel, actor) -> ServeModel:
     """A FAILED model tried again as it is (after its folder, card or secrets were fixed): a new
     generation, so it gets a fresh preflight and a fresh deploy."""
     with transaction.atomic():
-        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        model = _locked(ServeModel.objects).get(pk=model.pk)
         if model.state != State.FAILED:
             raise ChangeRefused(f"{model.model_id} is {model.state}; only a FAILED model is retried.")
         model.generation += 1
@@ -150,7 +203,7 @@ def resume_after_force(model: ServeModel, run, actor) -> ServeModel:
     since (a newer generation) gets its own preflight instead, so the force is only recorded."""
     message = f"Preflight #{run.pk} forced by {actor.username}: {run.force_reason}"
     with transaction.atomic():
-        model = ServeModel.objects.select_for_update().get(pk=model.pk)
+        model = _locked(ServeModel.objects).get(pk=model.pk)
         if model.generation != run.generation or model.state in (State.DELETING, State.DELETED):
             model.log(EventKind.PREFLIGHT_FORCED, f"{message} (generation {run.generation}; the model has moved on, so nothing is re-applied)", actor=actor)
             return model
@@ -164,6 +217,8 @@ def resume_after_force(model: ServeModel, run, actor) -> ServeModel:
 
 
 def _summary(resolved: ResolvedSpec) -> str:
+    if resolved.autoscaling:
+        return f"autoscaled, {_bounds(resolved.autoscaling)}, × {resolved.gpus_per_replica} GPU(s) from {resolved.model_source}"
     return f"{resolved.num_replicas} replica(s) × {resolved.gpus_per_replica} GPU(s) from {resolved.model_source}"
 
 
@@ -201,7 +256,8 @@ def resolved_for_gantry(user, spec, *, created_at=None) -> ResolvedSpec:
         raise SpecError(403, "forbidden_path", f"{spec.model_source} is not a folder Gantry manages.", "model_source")
     created_at = created_at or timezone.now()
     return ResolvedSpec(spec.suffix, make_model_id(user.username, created_at, spec.suffix), spec.model_source,
-                        spec.num_replicas, spec.gpus_per_replica, dict(spec.engine_kwargs), dict(spec.preflight))
+                        spec.num_replicas, spec.gpus_per_replica, dict(spec.engine_kwargs), dict(spec.preflight),
+                        dict(spec.autoscaling))
 
 
 def submit_for_gantry(user, spec, *, note: str) -> ServeModel:

@@ -92,6 +92,12 @@ class Preview:
     def gpus_needed(self) -> int:
         return self.resolved.num_replicas * self.resolved.gpus_per_replica
 
+    @property
+    def gpus_at_most(self) -> int:
+        """With autoscaling, what max_replicas would hold: Serve scales up only where they are free."""
+        most = (self.resolved.autoscaling or {}).get("max_replicas", self.resolved.num_replicas)
+        return most * self.resolved.gpus_per_replica
+
 
 class NewModelForm(forms.Form):
     """The fields tab and the YAML tab of /serving/new, in one <form> so neither loses what was typed.
@@ -204,3 +210,42 @@ class ScaleForm(forms.Form):
 
     def replicas(self):
         return _number_or_text(self.data.get("num_replicas", "").strip())
+
+    def show_error(self, exc: SpecError) -> None:
+        self.add_error("num_replicas", exc.message)
+
+
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)")
+
+
+def _decimal_or_text(value: str):
+    if _WHOLE_NUMBER.fullmatch(value):
+        return int(value)
+    return float(value) if _DECIMAL.fullmatch(value) else value
+
+
+class AutoscaleForm(forms.Form):
+    """The bounds and the target Serve's autoscaler keeps to; a field left empty keeps its value."""
+
+    min_replicas = forms.CharField(required=False, label="Min replicas", widget=forms.NumberInput(attrs={"min": 1, "max": MAX_REPLICAS}))
+    max_replicas = forms.CharField(required=False, label="Max replicas", widget=forms.NumberInput(attrs={"min": 1, "max": MAX_REPLICAS}))
+    target_ongoing_requests = forms.CharField(
+        required=False,
+        label="Target ongoing requests per replica",
+        widget=forms.NumberInput(attrs={"min": 0, "step": "any"}),
+        help_text="Queue depth: requests running or waiting on one replica. Serve adds replicas above it and removes them below.",
+    )
+    upscale_delay_s = forms.CharField(required=False, label="Upscale delay (s)", widget=forms.NumberInput(attrs={"min": 0, "step": "any"}))
+    downscale_delay_s = forms.CharField(
+        required=False,
+        label="Downscale delay (s)",
+        widget=forms.NumberInput(attrs={"min": 0, "step": "any"}),
+        help_text="How long the load must stay above (or below) the target before Serve acts: the window against flapping.",
+    )
+
+    def bounds(self) -> dict:
+        return {name: _decimal_or_text(self.data[name].strip()) for name in self.fields if self.data.get(name, "").strip()}
+
+    def show_error(self, exc: SpecError) -> None:
+        field = (exc.field or "").removeprefix("autoscaling.")
+        self.add_error(field if field in self.fields else None, exc.message)

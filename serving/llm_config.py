@@ -27,6 +27,24 @@ def with_secrets(config: dict, secrets: dict[str, str]) -> dict:
     return filled
 
 
+def deployment_config(resolved_spec: dict) -> dict:
+    """Serve's deployment options: a fixed replica count, or the bounds Serve's autoscaler keeps to
+    (it counts ongoing requests per replica; the two delays are its stabilization window)."""
+    autoscaling = resolved_spec.get("autoscaling")
+    if not autoscaling:
+        return {"num_replicas": int(resolved_spec["num_replicas"])}
+    return {
+        "autoscaling_config": {
+            "min_replicas": int(autoscaling["min_replicas"]),
+            "initial_replicas": int(autoscaling["min_replicas"]),
+            "max_replicas": int(autoscaling["max_replicas"]),
+            "target_ongoing_requests": float(autoscaling["target_ongoing_requests"]),
+            "upscale_delay_s": float(autoscaling["upscale_delay_s"]),
+            "downscale_delay_s": float(autoscaling["downscale_delay_s"]),
+        }
+    }
+
+
 def build_llm_config(
     resolved_spec: dict, *, engine: str, accelerator_type: str = "", hf_home: str = "", secret_names: tuple[str, ...] = ()
 ) -> dict:
@@ -41,7 +59,7 @@ def build_llm_config(
         env_vars[name] = secret_placeholder(name)
     config: dict = {
         "model_loading_config": {"model_id": resolved_spec["model_id"], "model_source": resolved_spec["model_source"]},
-        "deployment_config": {"num_replicas": int(resolved_spec["num_replicas"])},
+        "deployment_config": deployment_config(resolved_spec),
         "runtime_env": {"env_vars": env_vars},
     }
     if engine == "cpu" or gpus == 0:

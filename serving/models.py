@@ -67,6 +67,9 @@ class ServeModel(models.Model):
     change_reason = models.CharField(max_length=200, blank=True, help_text="Why the desired spec last changed; becomes the next revision's reason.")
     deadline = models.DateTimeField(null=True, blank=True, help_text="When a deploy that has not become RUNNING fails.")
     engine_override = models.CharField(max_length=8, blank=True, help_text="'cpu' when the CUDA probe moved this model to the CPU engine; '' follows the cluster.")
+    observed_target_replicas = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The replica count Serve's autoscaler last aimed at, so each decision is logged once."
+    )
     state_changed_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -89,6 +92,11 @@ class ServeModel(models.Model):
     @property
     def num_replicas(self) -> int:
         return int(self.resolved_spec["num_replicas"])
+
+    @property
+    def autoscaling(self) -> dict:
+        """The spec's autoscaling bounds with Serve's defaults filled in; {} for a fixed count."""
+        return self.resolved_spec.get("autoscaling") or {}
 
     @property
     def gpus_per_replica(self) -> int:
@@ -386,3 +394,96 @@ class PlaygroundCall(models.Model):
     class Meta:
         ordering = ["-started_at", "-id"]
         indexes = [models.Index(fields=["user", "started_at"], name="serving_playground_user_recent")]
+
+
+# --- Live engine metrics (serving/engine_metrics.py) ------------------------------------------------
+
+class EngineMetricSample(models.Model):
+    """One model's engine figures at one scrape of the Ray nodes' metrics endpoints: gauges as
+    read, rates, quantiles and means over `window_s` before `at`. Kept for
+    GANTRY_ENGINE_METRICS_KEEP_MINUTES; `engines` keeps each engine's cumulative series, which the
+    next scrapes difference against."""
+
+    model = models.ForeignKey(ServeModel, on_delete=models.CASCADE, related_name="engine_samples")
+    model_key = models.CharField(max_length=200)
+    at = models.DateTimeField(db_index=True)
+    replicas = models.PositiveIntegerField(help_text="Engines that reported.")
+    running = models.FloatField()
+    waiting = models.FloatField()
+    kv_cache = models.FloatField(null=True, blank=True, help_text="Mean KV-cache use of the replicas, 0..1.")
+    window_s = models.FloatField(null=True, blank=True, help_text="What the rates and quantiles cover; empty without an earlier sample.")
+    generation_tokens_per_s = models.FloatField(null=True, blank=True)
+    decode_tokens_per_s = models.FloatField(null=True, blank=True, help_text="1 / mean inter-token latency.")
+    preemptions = models.FloatField(null=True, blank=True)
+    requests = models.FloatField(null=True, blank=True, help_text="First tokens produced in the window.")
+    ttft_p50 = models.FloatField(null=True, blank=True)
+    ttft_p95 = models.FloatField(null=True, blank=True)
+    ttft_mean = models.FloatField(null=True, blank=True)
+    itl_p50 = models.FloatField(null=True, blank=True)
+    itl_p95 = models.FloatField(null=True, blank=True)
+    itl_mean = models.FloatField(null=True, blank=True)
+    endpoints = models.JSONField(default=list, help_text="The nodes read successfully in this scrape.")
+    series = models.JSONField(default=list, help_text="Each engine's cumulative series (EngineReading.as_dict()).")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["model", "-at"], name="serving_engine_sample_newest")]
+
+    def __str__(self) -> str:
+        return f"{self.model_key} at {self.at:%H:%M:%S}"
+
+    def engines(self) -> list:
+        from serving.engine_metrics import EngineReading
+
+        return [EngineReading.from_dict(self.model_key, data) for data in self.series]
+
+    @classmethod
+    def record(cls, model: ServeModel, readings: list, endpoints: set[str], at) -> "EngineMetricSample":
+        """Store `model`'s figures from its engines' `readings`, the rates taken against the newest
+        sample at least GANTRY_ENGINE_METRICS_WINDOW_S old (the oldest one when none is that old
+        yet); no rates when the only earlier ones are from much longer ago (a scrape gap)."""
+        from datetime import timedelta
+
+        from serving.engine_metrics import figures
+
+        window = timedelta(seconds=settings.GANTRY_ENGINE_METRICS_WINDOW_S)
+        earlier_rows = cls.objects.filter(model=model, at__lt=at)
+        base = earlier_rows.filter(at__lte=at - window).order_by("-at", "-id").first() or earlier_rows.order_by("at", "id").first()
+        if base is not None and at - base.at > 3 * window + timedelta(seconds=settings.GANTRY_ENGINE_METRICS_INTERVAL_S):
+            base = None
+        earlier = {e.key: e for e in base.engines()} if base else None
+        found = figures(readings, earlier, set(base.endpoints) if base else set(), (at - base.at).total_seconds() if base else None)
+        return cls.objects.create(
+            model=model, model_key=model.model_key, at=at, endpoints=sorted(endpoints),
+            series=[r.as_dict() for r in readings], **found.__dict__,
+        )
+
+    @classmethod
+    def latest_per_model(cls, since) -> list["EngineMetricSample"]:
+        from django.db.models.functions import RowNumber
+
+        newest_first = models.Window(RowNumber(), partition_by=[models.F("model_id")], order_by=[models.F("at").desc(), models.F("id").desc()])
+        return list(cls.objects.filter(at__gte=since).annotate(rank=newest_first).filter(rank=1).order_by("model_key"))
+
+
+class EngineMetricsScrape(models.Model):
+    """How the last scrape of the nodes' metrics endpoints went (one row): which nodes it read,
+    which failed and why. A model without a fresh sample is explained from it."""
+
+    ONE = "engine-metrics"
+
+    name = models.CharField(max_length=16, primary_key=True, default=ONE)
+    at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, help_text="Why the nodes could not be listed; empty when they were.")
+    nodes = models.JSONField(default=list, help_text="Each node: endpoint, node_id, error, models.")
+
+    def __str__(self) -> str:
+        return f"engine metrics scraped at {self.at}"
+
+    @classmethod
+    def current(cls) -> "EngineMetricsScrape | None":
+        return cls.objects.filter(name=cls.ONE).first()
+
+    @classmethod
+    def note(cls, at, *, error: str, nodes: list[dict]) -> None:
+        cls.objects.update_or_create(name=cls.ONE, defaults={"at": at, "error": error, "nodes": nodes})

@@ -89,8 +89,11 @@ def document() -> dict:
                     "responses": {"200": {"description": "The model.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelDetail"}}}}, **_BAD_PARAMETER, "404": _error("Unknown, or not yours."), **_AUTH_ERRORS},
                 },
                 "patch": {
-                    "summary": "Scale: change num_replicas (0 keeps the record and frees the GPUs)",
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "required": ["num_replicas"], "additionalProperties": False, "properties": {"num_replicas": {"type": "integer", "minimum": 0, "maximum": 64}}}}}},
+                    "summary": "Scale: change num_replicas (0 keeps the record and frees the GPUs), or the autoscaling bounds (applied without restarting replicas; a partial mapping keeps the rest)",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                        {"type": "object", "required": ["num_replicas"], "additionalProperties": False, "properties": {"num_replicas": {"type": "integer", "minimum": 0, "maximum": 64}}},
+                        {"type": "object", "required": ["autoscaling"], "additionalProperties": False, "properties": {"autoscaling": {"$ref": "#/components/schemas/Autoscaling"}}},
+                    ]}}}},
                     "responses": {"202": {"description": "Accepted."}, "400": _error("Not JSON."), "404": _error("Unknown, or not yours."), "409": _error("The model is DELETING or DELETED."), "422": _error("Invalid value or field."), **_AUTH_ERRORS},
                 },
                 "delete": {
@@ -230,6 +233,7 @@ def document() -> dict:
                         "model_id": {"type": "string", "pattern": "^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$", "description": "The suffix of the public id."},
                         "model_source": {"type": "string", "description": "$HOME/…, $HOME/common/hf/… or an absolute path under those roots."},
                         "num_replicas": {"type": "integer", "minimum": 0, "maximum": 64, "default": 1},
+                        "autoscaling": {"$ref": "#/components/schemas/Autoscaling"},
                         "gpus_per_replica": {"type": "integer", "minimum": 0, "maximum": 8, "description": "Default 1 on the GPU engine, 0 on the CPU engine."},
                         "engine_kwargs": {"type": "object", "additionalProperties": False, "properties": {k: {} for k in sorted(ENGINE_KWARGS_ALLOWED)}},
                         "preflight": {"type": "object", "additionalProperties": False, "properties": {
@@ -239,6 +243,18 @@ def document() -> dict:
                             "prompt_files": {"type": "array", "items": {"type": "string"}},
                             "cuda_probe": {"type": "object", "properties": {"mode": {"enum": ["fallback", "warn", "fail"]}}},
                         }},
+                    },
+                },
+                "Autoscaling": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "description": "Serve's autoscaler scales on ongoing requests per replica (queue depth); the delays are its stabilization window. Exclusive with num_replicas.",
+                    "properties": {
+                        "min_replicas": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
+                        "max_replicas": {"type": "integer", "minimum": 1, "maximum": 64, "description": "Required in a spec."},
+                        "target_ongoing_requests": {"type": "number", "exclusiveMinimum": 0, "maximum": 10000, "default": 2},
+                        "upscale_delay_s": {"type": "number", "minimum": 0, "maximum": 3600, "default": 30},
+                        "downscale_delay_s": {"type": "number", "minimum": 0, "maximum": 86400, "default": 600},
                     },
                 },
                 "Accepted": {"type": "object", "properties": {"model_key": {"type": "string"}, "model_id": {"type": "string"}, "state": {"$ref": "#/components/schemas/State"}, "generation": {"type": "integer"}, "created": {"type": "boolean"}}},

@@ -191,7 +191,9 @@ class Tick:
                 # Serve and the router come up with the first tick, so /v1/models answers before any
                 # model exists; once they run this is one status read.
                 self.call("ensure_started", settings.GANTRY_SERVE_PORT, wait=False)
-                self.apps = self.call("status")
+                # Serve's target replica counts cost one more read: only for autoscaled models' events.
+                autoscaled = ServeModel.objects.reconcilable().filter(resolved_spec__has_key="autoscaling").exists()
+                self.apps = self.call("status", targets=autoscaled)
                 self.resources = self.call("cluster_resources")
         except ServeUnavailable as exc:
             self.report.reason = f"Serve unavailable: {exc}"
@@ -286,6 +288,7 @@ class Tick:
         replicas = self.replicas_to_place(model, previous, app)
         if not self.ledger.fits(replicas, model.placed_gpus_per_replica):
             return self.wait_for_gpus(model, replicas)
+        self.warn_if_scaling_up_may_wait(model, replicas)
         reason = model.change_reason or _reason(previous, digest, config)
         try:
             if model.num_replicas == 0:
@@ -358,7 +361,7 @@ class Tick:
             )
             # What Serve now has is a fact whatever happened meanwhile; a pending change is the
             # user's, and stays for the next pass unless it is the one just applied.
-            fields = {"applied_config_hash": digest, "rejected_config_hash": "", "last_observation": ""}
+            fields = {"applied_config_hash": digest, "rejected_config_hash": "", "last_observation": "", "observed_target_replicas": None}
             if current.generation == model.generation:
                 fields["change_reason"] = ""
             message = (
@@ -375,6 +378,37 @@ class Tick:
                     f"{message} Meanwhile the model became {current.state}; that change wins and is taken up next.",
                     revision=revision.number,
                 )
+
+    def warn_if_scaling_up_may_wait(self, model: ServeModel, replicas: int) -> None:
+        """An autoscaled model is placed at min_replicas; say plainly, before it is needed, when the
+        cluster has no GPUs for max_replicas: Serve's autoscaler would then wait for them."""
+        most = (model.autoscaling or {}).get("max_replicas", 0)
+        gpus = model.placed_gpus_per_replica
+        if most <= model.num_replicas or gpus == 0 or self.ledger.fits(replicas + most - model.num_replicas, gpus):
+            return
+        observe(
+            model,
+            EventKind.AUTOSCALED,
+            f"Scaling up to max_replicas ({most} × {gpus} GPU(s)) may wait for GPUs: {self.ledger.describe()}. "
+            f"The model starts with {model.num_replicas} replica(s); Serve's autoscaler adds more only where GPUs are free.",
+        )
+
+    def observe_autoscaler(self, model: ServeModel, app: AppStatus | None) -> None:
+        """Every decision of Serve's autoscaler as an event: its target replica count, when it moves."""
+        if not model.autoscaling or app is None or app.target_replicas is None:
+            return
+        target, seen = app.target_replicas, model.observed_target_replicas
+        if target == seen or not model.update_if_unchanged(observed_target_replicas=target):
+            return
+        if seen is None:
+            return  # the first reading after an apply: the count the apply asked for, not a decision
+        bounds = model.autoscaling
+        way = "up" if target > seen else "down"
+        model.log(
+            EventKind.AUTOSCALED,
+            f"Serve's autoscaler scales {way}: {seen} → {target} replica(s) ({app.running_replicas} running; target "
+            f"{bounds['target_ongoing_requests']:g} ongoing request(s) per replica, {bounds['min_replicas']}–{bounds['max_replicas']} replicas).",
+        )
 
     def wait_for_gpus(self, model: ServeModel, replicas: int) -> None:
         message = (
@@ -432,7 +466,7 @@ class Tick:
             else:
                 self.remove_scaled_to_zero(model, app)
             return
-        if app is not None and app.status == "RUNNING" and app.running_replicas == model.num_replicas:
+        if app is not None and app.status == "RUNNING" and self.enough_running(model, app):
             model.move_to(State.RUNNING, EventKind.RUNNING, f"Serve reports RUNNING with {app.running_replicas} replica(s).", expect_generation=model.generation)
             if model.placed_gpus_per_replica > 0:
                 observe_vram_soon(model)
@@ -452,6 +486,13 @@ class Tick:
             model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason, expect_generation=model.generation)
             return
         observe(model, EventKind.SERVE_STATUS, said)
+
+    @staticmethod
+    def enough_running(model: ServeModel, app: AppStatus) -> bool:
+        # An autoscaled model may already run more than min_replicas when its deploy completes.
+        if model.autoscaling:
+            return app.running_replicas >= model.num_replicas
+        return app.running_replicas == model.num_replicas
 
     def failure_cause(self, model: ServeModel) -> str:
         """The failing replica's own words (Serve's message only says "see root cause above")."""
@@ -497,6 +538,7 @@ class Tick:
             return
         if app is None:
             return self.reapply_lost(model, "Serve no longer runs this model's application (a restarted cluster?); re-applying it.")
+        self.observe_autoscaler(model, app)
         if app.status in ("UNHEALTHY", "DEPLOY_FAILED"):
             deadline = self.now + timedelta(seconds=settings.GANTRY_DEPLOY_TIMEOUT_S)
             message = f"Serve reports {app.status}: {tail(app.messages)}; waiting for it to recover."
@@ -626,9 +668,13 @@ def _reason(previous: ServeRevision | None, digest: str, config: dict) -> str:
         return "create"
     if previous.config_hash == digest:
         return "re-apply"
-    old, new = previous.config["deployment_config"]["num_replicas"], config["deployment_config"]["num_replicas"]
     same_otherwise = {**previous.config, "deployment_config": None} == {**config, "deployment_config": None}
-    return f"scale {old} → {new}" if same_otherwise and old != new else "update"
+    old, new = previous.config["deployment_config"], config["deployment_config"]
+    if same_otherwise and "num_replicas" in old and "num_replicas" in new and old != new:
+        return f"scale {old['num_replicas']} → {new['num_replicas']}"
+    if same_otherwise and "autoscaling_config" in new:
+        return "autoscaling bounds"
+    return "update"
 
 
 def observe_vram_soon(model: ServeModel) -> None:

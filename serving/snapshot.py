@@ -121,7 +121,9 @@ class ServeView:
 
 def app_status_from_dict(name: str, data: dict) -> AppStatus:
     deployments = tuple(
-        DeploymentStatus(d_name, d.get("status", ""), d.get("message", ""), dict(d.get("replica_states", {})))
+        DeploymentStatus(
+            d_name, d.get("status", ""), d.get("message", ""), dict(d.get("replica_states", {})), d.get("target_replicas"), d.get("trigger", "")
+        )
         for d_name, d in (data.get("deployments") or {}).items()
     )
     return AppStatus(name, data.get("status", ""), data.get("message", ""), deployments)

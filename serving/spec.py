@@ -5,7 +5,6 @@ Pure Python (no models, no ray) so the API, the form and the reconciler share on
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import errno
 import math
 import os
@@ -19,6 +18,7 @@ from typing import Any, Callable, NamedTuple
 
 import yaml
 
+from dashboard.text import did_you_mean
 from gates.preflight.config import PreflightConfigError, validate_block
 
 
@@ -63,7 +63,7 @@ def _as_field(key: Any) -> str:
     return text if len(text) <= ECHO_CHARS else shown(text)
 
 
-SPEC_FIELDS = ("model_id", "model_source", "num_replicas", "gpus_per_replica", "engine_kwargs", "preflight")
+SPEC_FIELDS = ("model_id", "model_source", "num_replicas", "autoscaling", "gpus_per_replica", "engine_kwargs", "preflight")
 SUFFIX_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}")
 SUFFIX_RULE = "1 to 64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 MAX_REPLICAS = 64
@@ -120,6 +120,61 @@ ENGINE_KWARGS_ALLOWED: dict[str, EngineOption] = {
 }
 
 
+# --- autoscaling --------------------------------------------------------------------------------
+# Serve's own autoscaler does the scaling: it measures ongoing requests per replica (queued plus
+# running: the queue depth an LLM service should scale on, never CPU), and the two delays are the
+# stabilization window against flapping. The defaults are Serve's.
+class AutoscalingOption(NamedTuple):
+    rule: str
+    check: Callable[[Any], bool]
+    default: Any
+
+
+def _seconds_option(high: int, default: float) -> AutoscalingOption:
+    return AutoscalingOption(f"a number of seconds from 0 to {high}", lambda v: _is_number(v) and 0 <= v <= high, default)
+
+
+def _replicas_option(default: int | None) -> AutoscalingOption:
+    return AutoscalingOption(f"a whole number from 1 to {MAX_REPLICAS}", lambda v: _is_int(v) and 1 <= v <= MAX_REPLICAS, default)
+
+
+AUTOSCALING_OPTIONS: dict[str, AutoscalingOption] = {
+    # At least 1: a model at zero replicas is what num_replicas: 0 means (its Serve app removed).
+    "min_replicas": _replicas_option(1),
+    "max_replicas": _replicas_option(None),
+    "target_ongoing_requests": AutoscalingOption(
+        "a number above 0 and at most 10000", lambda v: _is_number(v) and 0 < v <= 10_000, 2
+    ),
+    "upscale_delay_s": _seconds_option(3600, 30),
+    "downscale_delay_s": _seconds_option(86_400, 600),
+}
+
+
+def validate_autoscaling(value: Any) -> dict:
+    """The spec's `autoscaling:` block with Serve's defaults filled in, or {} when there is none."""
+    if value is None:
+        return {}
+    names = ", ".join(AUTOSCALING_OPTIONS)
+    if not isinstance(value, dict):
+        raise _invalid("autoscaling", f"autoscaling must be a mapping of {names}; got {shown(value)}.")
+    for key in value:
+        if key not in AUTOSCALING_OPTIONS:
+            hint = did_you_mean(key, AUTOSCALING_OPTIONS)
+            raise _invalid(f"autoscaling.{_as_field(key)}", f"{shown(key)} is not an autoscaling option.{hint} Allowed: {names}.")
+    if "max_replicas" not in value:
+        raise _invalid("autoscaling.max_replicas", "autoscaling needs max_replicas: the most replicas Serve may start.")
+    filled = {}
+    for key, option in AUTOSCALING_OPTIONS.items():
+        option_value = value.get(key, option.default)
+        if not option.check(option_value):
+            raise _invalid(f"autoscaling.{key}", f"autoscaling.{key} must be {option.rule}; got {shown(option_value)}.")
+        filled[key] = option_value
+    if filled["min_replicas"] > filled["max_replicas"]:
+        bounds = f"min_replicas ({filled['min_replicas']}) is above max_replicas ({filled['max_replicas']})"
+        raise _invalid("autoscaling.min_replicas", f"autoscaling.{bounds}.")
+    return filled
+
+
 # --- roots and specs ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Roots:
@@ -149,6 +204,7 @@ class ServingSpec:
     gpus_per_replica: int
     engine_kwargs: dict
     preflight: dict = dataclasses.field(default_factory=dict)
+    autoscaling: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -161,17 +217,26 @@ class ResolvedSpec:
     engine_kwargs: dict
     # The spec's `preflight:` block as written (gates/preflight/config.py); {} when it has none.
     preflight: dict = dataclasses.field(default_factory=dict)
+    # The `autoscaling:` block with its defaults filled in; {} for a fixed replica count. An
+    # autoscaled spec keeps num_replicas = min_replicas: what is placed (and GPU-checked) first.
+    autoscaling: dict = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)  # copies engine_kwargs, so callers cannot edit a frozen spec
-        if not data["preflight"]:
-            del data["preflight"]  # specs without the block read (and hash) as they always did
+        for block in ("preflight", "autoscaling"):
+            if not data[block]:
+                del data[block]  # specs without the block read (and hash) as they always did
         return {"model_id": data.pop("model_id"), **data}  # public id first: it is what a reader looks for
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.as_dict(), sort_keys=False)
+        data = self.as_dict()
+        if self.autoscaling:
+            del data["num_replicas"]  # a spec names one or the other; this one came with autoscaling
+        return yaml.safe_dump(data, sort_keys=False)
 
     def with_replicas(self, n: int) -> "ResolvedSpec":
+        if self.autoscaling:
+            raise refuse_fixed_count(self.autoscaling)
         return dataclasses.replace(self, num_replicas=validate_num_replicas(n))
 
     @classmethod
@@ -179,8 +244,8 @@ class ResolvedSpec:
         # Stored revisions come back through here on rollback: hold them to today's rules, except the
         # path, which was resolved when it was stored and is checked again by whoever deploys it.
         keys = [f.name for f in dataclasses.fields(cls)]
-        if isinstance(data, dict) and "preflight" not in data:
-            data = {**data, "preflight": {}}
+        if isinstance(data, dict):
+            data = {"preflight": {}, "autoscaling": {}, **data}
         if not isinstance(data, dict) or set(data) != set(keys):
             found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
             raise _invalid(None, f"a resolved spec needs exactly the keys {', '.join(keys)}; got {found}")
@@ -191,7 +256,10 @@ class ResolvedSpec:
         kwargs = _validate_engine_kwargs(data["engine_kwargs"], gpus)
         num_replicas = validate_num_replicas(data["num_replicas"])
         preflight = _validate_preflight(data["preflight"])
-        return cls(data["suffix"], data["model_id"], data["model_source"], num_replicas, gpus, kwargs, preflight)
+        autoscaling = validate_autoscaling(data["autoscaling"] or None)
+        if autoscaling:
+            num_replicas = autoscaling["min_replicas"]
+        return cls(data["suffix"], data["model_id"], data["model_source"], num_replicas, gpus, kwargs, preflight, autoscaling)
 
 
 # --- parse and validate -------------------------------------------------------------------------
@@ -271,6 +339,15 @@ def parse_spec_yaml(text: str) -> dict:
     return data
 
 
+def refuse_fixed_count(autoscaling: dict) -> SpecError:
+    bounds = f"{autoscaling['min_replicas']} to {autoscaling['max_replicas']}"
+    return _invalid(
+        "num_replicas",
+        f"This model autoscales from {bounds} replicas: change its autoscaling bounds instead, or submit "
+        "its spec with num_replicas and without autoscaling for a fixed count.",
+    )
+
+
 def validate_num_replicas(value: Any) -> int:
     if not _is_int(value) or not 0 <= value <= MAX_REPLICAS:
         rule = f"a whole number from 0 to {MAX_REPLICAS} (0 keeps the model but frees its GPUs)"
@@ -330,8 +407,7 @@ def validate_spec(data: dict, *, engine: str) -> ServingSpec:
         raise _invalid(None, f"The spec must be a mapping of fields ({', '.join(SPEC_FIELDS)}).")
     for key in data:
         if key not in SPEC_FIELDS:
-            close = difflib.get_close_matches(str(key), SPEC_FIELDS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, SPEC_FIELDS)
             raise _invalid(_as_field(key), f"Unknown field {shown(key)}.{hint} Allowed fields: {', '.join(SPEC_FIELDS)}.")
 
     suffix = data.get("model_id")
@@ -345,11 +421,18 @@ def validate_spec(data: dict, *, engine: str) -> ServingSpec:
         example = "the folder holding the model, e.g. $HOME/common/hf/<model> or $HOME/<folder>"
         raise _invalid("model_source", f"model_source is required: {example}; got {shown(source)}.")
 
-    num_replicas = validate_num_replicas(data.get("num_replicas", 1))
+    if "num_replicas" in data and "autoscaling" in data:
+        raise _invalid(
+            "autoscaling",
+            "num_replicas and autoscaling are exclusive: give num_replicas for a fixed count, or autoscaling "
+            "(min_replicas, max_replicas, …) for Serve to scale between them.",
+        )
+    autoscaling = validate_autoscaling(data.get("autoscaling"))
+    num_replicas = autoscaling["min_replicas"] if autoscaling else validate_num_replicas(data.get("num_replicas", 1))
     gpus = _validate_gpus(data.get("gpus_per_replica", 1 if engine == "gpu" else 0))
     engine_kwargs = _validate_engine_kwargs(data.get("engine_kwargs"), gpus)
     preflight = _validate_preflight(data.get("preflight"))
-    return ServingSpec(suffix, source, num_replicas, gpus, engine_kwargs, preflight)
+    return ServingSpec(suffix, source, num_replicas, gpus, engine_kwargs, preflight, autoscaling)
 
 
 # --- resolve ------------------------------------------------------------------------------------
@@ -485,7 +568,9 @@ def resolve_spec(spec: ServingSpec, *, username: str, created_at: datetime, root
     model_id = make_model_id(username, created_at, spec.suffix)
     source = resolve_model_source(spec.model_source, username=username, roots=roots)
     kwargs = dict(spec.engine_kwargs)
-    return ResolvedSpec(spec.suffix, model_id, source, spec.num_replicas, spec.gpus_per_replica, kwargs, dict(spec.preflight))
+    return ResolvedSpec(
+        spec.suffix, model_id, source, spec.num_replicas, spec.gpus_per_replica, kwargs, dict(spec.preflight), dict(spec.autoscaling)
+    )
 
 
 def load_spec(text: str, *, username: str, created_at: datetime, roots: Roots, engine: str) -> ResolvedSpec:

@@ -49,3 +49,14 @@ def observe_vram(model_id: int, generation: int) -> dict:
     replicas = replica_processes(model.model_key, client.serve_actors(), client.node_processes())
     observation = VramObservation.record(model, client.node_gpus(), replicas)
     return {"model": model_id, "observed": observation is not None}
+
+
+@shared_task(queue="health", soft_time_limit=max(settings.GANTRY_ENGINE_METRICS_INTERVAL_S * 3, 30))
+def scrape_engine_metrics() -> dict:
+    """Read every Ray node's metrics endpoint and store each model's engine figures
+    (serving/engine_metrics.py). Beat runs it every GANTRY_ENGINE_METRICS_INTERVAL_S on the health
+    queue; a run that started late is dropped (expires), since the next one reads fresher anyway."""
+    from serving import engine_metrics
+    from serving.client import get_client
+
+    return engine_metrics.scrape(get_client())

@@ -21,12 +21,12 @@ from django.views.decorators.vary import vary_on_headers
 from dashboard.roles import is_admin
 from gates import preflights
 from health.readiness import deploy_readiness
-from serving import deployments
+from serving import deployments, engine_metrics
 from serving.choices import EventKind, State
 from serving import snapshot
 from serving.client import ROUTER_APP, AppStatus
 from serving.engine import current_engine
-from serving.forms import NewModelForm, Preview, ScaleForm
+from serving.forms import AutoscaleForm, NewModelForm, Preview, ScaleForm
 from serving.models import ServeEvent, ServeModel, ServeRevision
 from serving.serializers import openai_base_url
 from serving.spec import Roots, SpecError
@@ -206,8 +206,9 @@ def _live_context(model: ServeModel, before: int | None = None) -> dict:
         "preflight": (deployed := model.preflight_runs.filter(trigger="deploy").order_by("-created_at", "-id").first()),
         "preflight_checked": model.preflight_runs.exclude(trigger="deploy").filter(**({"pk__gt": deployed.pk} if deployed else {})).order_by("-id").first(),
         # Terminal states wait for a person, so the partial is rendered without its trigger and the
-        # browser stops asking. A page of older events is history: it does not poll either.
-        "polling": not model.is_settled and before is None,
+        # browser stops asking. A page of older events is history: it does not poll either. An
+        # autoscaled model that runs keeps moving by itself: its replica counts are polled too.
+        "polling": (not model.is_settled or (model.autoscaling and model.state == State.RUNNING)) and before is None,
     }
 
 
@@ -229,15 +230,19 @@ def _revision_rows(model: ServeModel) -> list[RevisionRow]:
     return rows
 
 
-def _page_context(request: HttpRequest, model: ServeModel, *, before: int | None = None, scale_form: ScaleForm | None = None) -> dict:
+def _page_context(
+    request: HttpRequest, model: ServeModel, *, before: int | None = None, scale_form: ScaleForm | None = None, autoscale_form: AutoscaleForm | None = None
+) -> dict:
     return {
         **_live_context(model, before),
         "spec_yaml": _spec_yaml(model.resolved_spec),
         "scale_form": scale_form or ScaleForm(initial={"num_replicas": model.num_replicas}),
+        "autoscale_form": autoscale_form or AutoscaleForm(initial=model.autoscaling or {"min_replicas": 1, "max_replicas": max(model.num_replicas, 2)}),
         "openai_base_url": openai_base_url(),
         "user_is_owner": model.owner_id == request.user.pk,
         "vram_observations": model.vram_observations.all()[:10],
         "registry_version": deployments.registry_version(model),
+        "engine_metrics": engine_metrics.live_view(model),
     }
 
 
@@ -258,18 +263,39 @@ def detail(request: HttpRequest, model_key: str) -> HttpResponse:
 def scale(request: HttpRequest, model_key: str) -> HttpResponse:
     model = _owned(request, model_key)
     form = ScaleForm(request.POST)
+    return _change_from_form(
+        request, model, form, "scale_form",
+        lambda: deployments.scale(model, form.replicas(), request.user),
+        lambda changed: f"Scaling {changed.model_id} to {changed.num_replicas} replica(s) requested.",
+    )
+
+
+@require_POST
+def autoscale(request: HttpRequest, model_key: str) -> HttpResponse:
+    model = _owned(request, model_key)
+    form = AutoscaleForm(request.POST)
+    return _change_from_form(
+        request, model, form, "autoscale_form",
+        lambda: deployments.set_autoscaling(model, form.bounds(), request.user),
+        lambda changed: f"Autoscaling of {changed.model_id} set; Serve applies it without restarting the replicas.",
+    )
+
+
+def _change_from_form(request: HttpRequest, model: ServeModel, form, form_name: str, change, said) -> HttpResponse:
+    """A change posted from the model page: done and redirected, or the page again with the
+    message beside the field it is about (409 above the form when the model's state refuses it)."""
     try:
-        model = deployments.scale(model, form.replicas(), request.user)
+        changed = change()
     except SpecError as exc:
-        form.add_error("num_replicas", exc.message)
+        form.show_error(exc)
         status = exc.status
     except deployments.ChangeRefused as exc:
         form.add_error(None, str(exc))
         status = 409
     else:
-        messages.success(request, f"Scaling {model.model_id} to {model.num_replicas} replica(s) requested.")
-        return _see_other(_detail_url(model))
-    return render(request, "serving/detail.html", _page_context(request, model, scale_form=form), status=status)
+        messages.success(request, said(changed))
+        return _see_other(_detail_url(changed))
+    return render(request, "serving/detail.html", _page_context(request, model, **{form_name: form}), status=status)
 
 
 @require_POST

@@ -116,6 +116,9 @@ class RayHead:
         self.gcs_port = gcs_port or free_port()
         self.dashboard_port = dashboard_port or free_port()
         self.serve_port = serve_port or free_port()
+        # The node's Prometheus export, where vLLM's engine metrics come out: fixed (Ray picks one at
+        # random otherwise) so tests can check that Gantry finds it, and kept across restart().
+        self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.log = open(self.temp_dir / "ray-start.log", "ab")
@@ -129,6 +132,7 @@ class RayHead:
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                 # Fixed defaults (10001, 52365) would collide with another head on this machine.
                 f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+                f"--metrics-export-port={self.metrics_port}",
             ],
             # Not the repo: the router must reach the replicas by value, not by importing Gantry.
             cwd=self.temp_dir,
@@ -210,3 +214,44 @@ def listed_models(head: RayHead) -> list[str]:
     assert status == 200, body
     assert body["object"] == "list"
     return [m["id"] for m in body["data"]]
+
+
+class ChatLoad:
+    """`clients` threads that each keep one chat completion to `model` in flight through the router
+    until stopped: a load of exactly that many ongoing requests. Counts answers and every failure."""
+
+    def __init__(self, head: RayHead, model: str, clients: int, *, max_tokens: int = 48) -> None:
+        import openai
+        import threading
+
+        self.client = openai.OpenAI(base_url=router_url(head, "/v1"), api_key="unused", max_retries=0, timeout=180)
+        self.model, self.max_tokens = model, max_tokens
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failed: list[str] = []
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                reply = self.client.chat.completions.create(
+                    model=self.model, messages=[{"role": "user", "content": "Count to a hundred"}], max_tokens=self.max_tokens
+                )
+                if reply.choices[0].message.content is None:
+                    raise AssertionError("an answer with no content")
+                with self.lock:
+                    self.ok += 1
+            except Exception as exc:  # noqa: BLE001 — every failure is counted and shown
+                with self.lock:
+                    self.failed.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> "ChatLoad":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=240)

@@ -7,12 +7,12 @@ model's next run. Pure Python: serving/spec.py calls it, and it imports nothing 
 """
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from dashboard.text import did_you_mean
 from gates.preflight.base import PreflightConfig
 
 BLOCK_KEYS = ("ignore_versions", "secrets", "secret_timeout", "prompt_files", "cuda_probe", "vram_fit")
@@ -103,8 +103,7 @@ def validate_block(block: Any) -> dict:
         raise PreflightConfigError("preflight", f"preflight must be a mapping with any of {', '.join(BLOCK_KEYS)}; got {_short(block)}.")
     for key in block:
         if key not in BLOCK_KEYS:
-            close = difflib.get_close_matches(str(key), BLOCK_KEYS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(key, BLOCK_KEYS)
             raise PreflightConfigError(f"preflight.{str(key)[:64]}", f"Unknown preflight setting {_short(key)}.{hint} Allowed: {', '.join(BLOCK_KEYS)}.")
     out: dict = {}
     if "ignore_versions" in block:

@@ -187,8 +187,8 @@ def test_the_create_flow_works_without_javascript(page, live_server, alice, root
         expect(copy_buttons.nth(i)).to_be_hidden()  # they need JavaScript; the code is still there to select
     expect(page.locator("#example-python")).to_contain_text("print(reply.choices[0].message.content)")
 
-    page.get_by_label("Replicas").fill("0")
-    page.get_by_role("button", name="Scale").click()
+    page.get_by_label("Replicas", exact=True).fill("0")  # not "Min replicas" of the autoscaling form
+    page.get_by_role("button", name="Scale", exact=True).click()
     expect(page.locator(".msg.success")).to_contain_text("to 0 replica(s)")
     model.refresh_from_db()
     assert model.num_replicas == 0

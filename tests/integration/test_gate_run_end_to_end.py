@@ -34,7 +34,7 @@ from serving.client import get_client
 from serving.reconciler import reconcile
 from serving.serializers import openai_base_url
 from tests.gates.mlflow_fixtures import _healthy, _start_server, _stop
-from tests.integration.test_serving_end_to_end import drive, gantry  # noqa: F401 — gantry is a fixture
+from tests.integration.test_serving_end_to_end import drive
 from tests.ray_cluster import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

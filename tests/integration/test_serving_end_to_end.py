@@ -25,16 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 URL = "/api/v2/serve/models"
 
 
-@pytest.fixture
-def gantry(ray_head, tiny_model, settings, tmp_path):
-    settings.GANTRY_SERVE_CLIENT = "serving.client.RayServeClient"
-    settings.GANTRY_ENGINE = "cpu"
-    settings.GANTRY_HF_ROOT = tiny_model.parent
-    settings.GANTRY_USERS_ROOT = tmp_path / "users"
-    settings.GANTRY_DATASETS_ROOT = tmp_path / "datasets"
-    return ray_head
-
-
 class Api:
     def __init__(self, client, user):
         _, raw = ApiToken.issue(user, f"e2e-{uuid.uuid4().hex[:6]}")

@@ -59,6 +59,8 @@ class FakeServe(ServeClient):
         self.process_readings: list[dict] = []
         self.actors: list[dict] = []
         self.readiness_readings: list[dict] = []
+        # What metrics_endpoints() lists: {node_id, address, port} per node (a real HTTP server in tests).
+        self.metrics_nodes: list[dict] = []
         self.node_calls: list[tuple] = []  # reap_on_node / remove_segment_on_node, with their arguments
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -93,8 +95,13 @@ class FakeServe(ServeClient):
             self.envs[model_key] = with_secrets(config, secrets or {})["runtime_env"]["env_vars"]
             if model_key in self.fail_apply:
                 raise RuntimeError(self.fail_apply[model_key])
-            replicas = config["deployment_config"]["num_replicas"]
+            autoscaling = config["deployment_config"].get("autoscaling_config")
+            replicas = autoscaling["initial_replicas"] if autoscaling else config["deployment_config"]["num_replicas"]
             app = self.apps.get(model_key)
+            if autoscaling and app is not None and previous is not None and app["status"] == "RUNNING" and _same_code(previous, config):
+                # The same code version (Gantry pins it for autoscaled models): a reconfigure, no restart.
+                app["config"] = config
+                return
             if app is None:
                 app = self.apps[model_key] = self._app(config, replicas, "DEPLOYING", self.deploy_reads)
             elif previous is not None and app["status"] != "DELETING" and _differs_only_in_replicas(previous, config):
@@ -115,11 +122,11 @@ class FakeServe(ServeClient):
             if model_key in self.apps:
                 self.apps[model_key].update(status="DELETING", reads=1)
 
-    def status(self) -> dict[str, AppStatus]:
+    def status(self, *, targets: bool = False) -> dict[str, AppStatus]:
         self._enter("status")
         with self._lock:
             self._advance()
-            return {name: self._status(name, app) for name, app in self.apps.items()}
+            return {name: self._status(name, app, targets) for name, app in self.apps.items()}
 
     def cluster_resources(self) -> ClusterResources:
         self._enter("cluster_resources")
@@ -160,6 +167,10 @@ class FakeServe(ServeClient):
         self._enter("serve_actors")
         return copy.deepcopy(self.actors)
 
+    def metrics_endpoints(self) -> list[dict]:
+        self._enter("metrics_endpoints")
+        return [dict(node) for node in self.metrics_nodes]
+
     def node_readiness(self) -> list[dict]:
         self._enter("node_readiness")
         return copy.deepcopy(self.readiness_readings)
@@ -186,6 +197,16 @@ class FakeServe(ServeClient):
         self.reaps += 1
         found, self.leaked = self.leaked, []
         return found
+
+    def autoscale(self, model_key: str, target: int) -> None:
+        """What Serve's autoscaler does on its own: a new target, replicas started or stopped to
+        meet it, the application RUNNING throughout (Serve counts autoscaling as healthy)."""
+        with self._lock:
+            app = self.apps[model_key]
+            app["target"] = target
+            app["replica_ids"] = app["replica_ids"][:target]
+            while len(app["replica_ids"]) < target:
+                app["replica_ids"].append(f"{model_key}#{next(self._ids)}")
 
     # --- how Serve moves on between reads --------------------------------------------------------
     def _app(self, config: dict, replicas: int, status: str, reads: int) -> dict:
@@ -236,15 +257,20 @@ class FakeServe(ServeClient):
             elif name not in self.unschedulable and len(app["placed"]) == len(app["replica_ids"]):
                 app["status"] = "RUNNING"
 
-    def _status(self, name: str, app: dict) -> AppStatus:
+    def _status(self, name: str, app: dict, targets: bool = False) -> AppStatus:
         message = self.fail_deploy.get(name, "") if app["status"] == "DEPLOY_FAILED" else ""
         if app["status"] == "DEPLOYING" and name in self.unschedulable:
             message = self.unschedulable[name]
         elif app["status"] == "DEPLOYING" and app["place_in"] == 0 and len(app["placed"]) < len(app["replica_ids"]):
             message = f"Deployment 'LLMServer' has {len(app['replica_ids']) - len(app['placed'])} replica(s) that cannot be scheduled"
         running = len(app["replica_ids"]) if app["status"] == "RUNNING" else 0
-        deployment = DeploymentStatus("LLMServer", app["status"], message, {"RUNNING": running} if running else {})
+        target = app["target"] if targets else None
+        deployment = DeploymentStatus("LLMServer", app["status"], message, {"RUNNING": running} if running else {}, target)
         return AppStatus(name, app["status"], message, (deployment,))
+
+
+def _same_code(previous: dict, config: dict) -> bool:
+    return {**previous, "deployment_config": None} == {**config, "deployment_config": None}
 
 
 _shared: FakeServe | None = None

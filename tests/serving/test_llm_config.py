@@ -108,6 +108,10 @@ def test_ray_accepts_the_cpu_config():
     llm_config = LLMConfig(**cpu_config())
     assert llm_config.accelerator_config.kind == "cpu"
     assert llm_config.runtime_env["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    # The model page's live metrics read vLLM's metrics from the Ray nodes' metrics export: Ray's
+    # default turns them on. Left to the default, not written into the config, because a new key
+    # would change every stored config's hash and redeploy every running model once on upgrade.
+    assert llm_config.log_engine_metrics is True
     assert not any(b.get("GPU") for b in llm_config.get_engine_config().placement_bundles)
 
 
