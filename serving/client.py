@@ -27,6 +27,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 ROUTER_APP = "gantry-router"
+_ONE_APPLY = threading.Lock()  # see RayServeClient.apply_model
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +277,20 @@ class RayServeClient(ServeClient):
 
     def apply_model(self, model_key: str, config: dict, previous: dict | None = None, *, secrets: dict[str, str] | None = None) -> None:
         """Deploy or change `model_key`'s application and return without waiting for it to run:
-        status() reports DEPLOYING until its replicas are up (~60 s for the tiny CPU model here)."""
+        status() reports DEPLOYING until its replicas are up (~60 s for the tiny CPU model here).
+
+        One apply at a time in a process. An apply that outlives its bound is left running in its
+        thread (call_with_timeout); a second one started beside it raced its first import of
+        ray.serve.llm and failed with "Invalid deployment config: {'num_replicas': 1}", which the
+        reconciler took for Serve refusing the change and failed the model (seen twice at load 40+
+        by the fault tests). Waiting for the first instead makes the second a timeout: Serve
+        unavailable this tick, applied on a later one."""
         if model_key == ROUTER_APP:
             raise ValueError(f"{ROUTER_APP!r} is Gantry's router, not a model; choose another model id.")
+        with _ONE_APPLY:
+            self._apply_model(model_key, config, previous, secrets=secrets)
+
+    def _apply_model(self, model_key: str, config: dict, previous: dict | None, *, secrets: dict[str, str] | None) -> None:
         from serving.llm_config import with_secrets
 
         filled = with_secrets(config, secrets or {})  # before Serve changes: a missing secret stops here
