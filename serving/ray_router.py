@@ -35,7 +35,10 @@ LLM_DEPLOYMENT_PREFIX = "LLMServer:"
 # How long a view of Serve's applications answers /v1/models and lookups. A model deployed a moment
 # ago is found anyway: a miss always reads Serve's status again.
 STATUS_TTL_S = 1.0
-SERVING_DEPLOYMENT_STATES = {"HEALTHY", "UPSCALING", "DOWNSCALING"}
+# A running replica answers in all of these. UPDATING too: Serve reconfiguring a replica in place (a
+# new autoscaling target or bounds) or rolling one version over to the next keeps the running ones
+# serving, and refusing calls then turned a change that restarts nothing into a burst of 503s.
+SERVING_DEPLOYMENT_STATES = {"HEALTHY", "UPSCALING", "DOWNSCALING", "UPDATING"}
 
 # Serve routes the "ray.serve" logger into the replica's log file under the Ray session's logs/.
 log = logging.getLogger("ray.serve")
