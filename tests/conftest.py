@@ -41,6 +41,20 @@ def preflight_at_once(monkeypatch):
 
 
 @pytest.fixture
+def broker(settings):
+    """The real Redis broker with Gantry's three queues empty, for tests that read what was sent.
+    make test always runs against Redis; with another broker (the filesystem one) they are skipped."""
+    import redis
+
+    if not settings.CELERY_BROKER_URL.startswith("redis://"):
+        pytest.skip("this test reads the Redis broker's lists; make test runs it against Redis")
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete("health", "serve", "gates")
+    yield client
+    client.delete("health", "serve", "gates")
+
+
+@pytest.fixture
 def test_output() -> Path:
     """Where tests leave screenshots and logs for a person to look at."""
     path = Path(os.environ.get("GANTRY_TEST_OUTPUT", ROOT / "test-output"))
