@@ -200,6 +200,13 @@ class ServeClient(abc.ABC):
         most `limit` characters; "" when this client cannot tell. Never raises."""
         return ""
 
+    def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
+        """The Ray nodes that died (at or after `since`, epoch seconds) while running one of
+        `model_key`'s replicas, newest first: {node_id, node_name, address, died_at (epoch s),
+        reason (Ray's words), replicas (how many of the model's replicas went with it)}.
+        [] when none did or this client cannot tell. Never raises."""
+        return []
+
     def node_runtimes(self) -> list[dict]:
         """What each alive node of the cluster has installed, read on the node itself: one
         NodeRuntime.as_dict() (gates/preflight/base.py) per node, for the preflight guards.
@@ -623,6 +630,54 @@ class RayServeClient(ServeClient):
             if cause:
                 return cause
         return ""
+
+    def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
+        """Dead replicas of the model's application (Ray's state API) whose node is dead too: the
+        replica went with its machine, which Serve's UNHEALTHY message does not say. Bounded by
+        FAILURE_CAUSE_TIMEOUT_S; never raises (the model's state is recorded either way)."""
+        try:
+            self._connect()
+            return call_with_timeout(self._lost_nodes, model_key, since, timeout_s=self.FAILURE_CAUSE_TIMEOUT_S, what="lost_nodes")
+        except Exception as exc:  # noqa: BLE001 — see above
+            log.warning("could not read which nodes %s lost: %s: %s", model_key, type(exc).__name__, exc)
+            return []
+
+    def _lost_nodes(self, model_key: str, since: float) -> list[dict]:
+        from ray import serve
+        from ray.util.state import list_actors, list_nodes
+
+        timeout, address = self.STATE_API_TIMEOUT_S, settings.RAY_DASHBOARD_URL
+        app = serve.status().applications.get(model_key)
+        if app is None:
+            return []
+        dead_nodes = {
+            node.node_id: node
+            for node in list_nodes(address=address, filters=[("state", "=", "DEAD")], detail=True, limit=10_000, timeout=timeout, raise_on_missing_output=False)
+            if (node.end_time_ms or 0) / 1000 >= since
+        }
+        if not dead_nodes:
+            return []
+        replicas: dict[str, int] = {}
+        for deployment in app.deployments:
+            for actor in list_actors(
+                address=address,
+                filters=[("class_name", "=", f"ServeReplica:{model_key}:{deployment}"), ("state", "=", "DEAD")],
+                limit=10_000, timeout=timeout, raise_on_missing_output=False,
+            ):
+                if actor.node_id in dead_nodes:
+                    replicas[actor.node_id] = replicas.get(actor.node_id, 0) + 1
+        lost = [
+            {
+                "node_id": node_id,
+                "node_name": dead_nodes[node_id].node_name or "",
+                "address": dead_nodes[node_id].node_ip or "",
+                "died_at": (dead_nodes[node_id].end_time_ms or 0) / 1000,
+                "reason": (dead_nodes[node_id].state_message or "").strip(),
+                "replicas": count,
+            }
+            for node_id, count in replicas.items()
+        ]
+        return sorted(lost, key=lambda node: node["died_at"], reverse=True)
 
     # A node's reading is a few package-metadata reads and one NVML init (milliseconds); the bound
     # is for starting a worker process on a busy node (seconds on 2 cores).

@@ -24,7 +24,8 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -543,6 +544,34 @@ class Tick:
             deadline = self.now + timedelta(seconds=settings.GANTRY_DEPLOY_TIMEOUT_S)
             message = f"Serve reports {app.status}: {tail(app.messages)}; waiting for it to recover."
             model.move_to(State.DEPLOYING, EventKind.SERVE_STATUS, message, expect_generation=model.generation, also={"deadline": deadline})
+            self.say_lost_nodes(model)
+
+    def say_lost_nodes(self, model: ServeModel) -> None:
+        """A NODE_LOST event for each Ray node that died with one of the model's replicas since it
+        was last RUNNING: Serve only says a replica is unhealthy, an admin needs to know the machine
+        went. Once per node (its id in the payload), however many ticks see the model unhealthy."""
+        became_running = model.events.filter(to_state=State.RUNNING).values_list("created_at", flat=True).first()
+        # Ray's clock is the head's; a minute of slack for a skewed one.
+        since = became_running.timestamp() - 60 if became_running else 0
+        try:
+            lost = self.call("lost_nodes", model.model_key, since) or []
+        except Exception as exc:  # noqa: BLE001 — naming the node is a courtesy; the state is recorded
+            log.warning("could not read which nodes %s lost: %s", model.model_key, exc)
+            return
+        told = set(model.events.filter(kind=EventKind.NODE_LOST).values_list("payload__node_id", flat=True))
+        for node in lost:
+            if node["node_id"] in told:
+                continue
+            died = datetime.fromtimestamp(node["died_at"], tz=dt_timezone.utc).strftime("%H:%M:%S UTC") if node["died_at"] else "recently"
+            name = node["node_name"] or node["address"] or "a node"
+            replicas = "its replica" if node["replicas"] == 1 else f"{node['replicas']} of its replicas"
+            reason = f" ({tail(node['reason'])})" if node["reason"] else ""
+            model.log(
+                EventKind.NODE_LOST,
+                f"Ray lost node {name} ({node['address']}, id {node['node_id'][:12]}) at {died}{reason}, and {replicas} with it; "
+                "Serve starts a replacement where resources allow.",
+                node_id=node["node_id"], node_name=node["node_name"], address=node["address"], replicas=node["replicas"],
+            )
 
     def delete(self, model: ServeModel, app: AppStatus | None) -> None:
         if app is None:

@@ -25,6 +25,7 @@ ORDER = [
     "test_task_redelivered.py",
     "test_postgres_restart.py",
     "test_ray_node_lost.py",
+    "test_ray_head_restart.py",
 ]
 
 

@@ -3,9 +3,10 @@ process tree, as a machine that dies), and a replacement joins (`ray start --add
 machine would; bin/gantry-cluster up starts it).
 
 Serve notices the replica is gone and reports the application UNHEALTHY; Gantry moves the model
-from RUNNING to DEPLOYING and says so in its events. The head has too few CPUs for a replica, so
-it waits for the replacement node; Serve places the replica there itself, and the model returns to
-RUNNING with nothing re-applied by Gantry and no change lost.
+from RUNNING to DEPLOYING and says so in its events, naming the machine that went (NODE_LOST).
+The head has too few CPUs for a replica, so it waits for the replacement node; Serve places the
+replica there itself, and the model returns to RUNNING with nothing re-applied by Gantry and no
+change lost.
 """
 from __future__ import annotations
 
@@ -52,5 +53,8 @@ def test_losing_the_node_that_hosts_the_replica_and_replacing_it_brings_the_mode
     kinds = [kind for _, kind, _ in events]
     left = next(i for i, (_, kind, message) in enumerate(events) if kind == "SERVE_STATUS" and "UNHEALTHY" in message)
     assert "RUNNING" in kinds[left:], kinds
+    # The machine is named, from Ray's own record of the dead node (not Serve's "a replica died").
+    (said,) = [message for _, kind, message in events if kind == "NODE_LOST"]
+    assert "Ray lost node ray-node-1" in said and lost[:12] in said and "its replica with it" in said, said
     assert topology.sql("SELECT count(*) FROM serving_serverevision WHERE model_key = %s", key)[0][0] == revisions
     print("submitted=0 applied=0 lost=0 (Serve rescheduled the replica; Gantry re-applied nothing)")

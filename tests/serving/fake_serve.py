@@ -62,6 +62,7 @@ class FakeServe(ServeClient):
         # What metrics_endpoints() lists: {node_id, address, port} per node (a real HTTP server in tests).
         self.metrics_nodes: list[dict] = []
         self.node_calls: list[tuple] = []  # reap_on_node / remove_segment_on_node, with their arguments
+        self.dead_nodes: list[dict] = []  # lose_node()'s, oldest first, with the replicas each took per app
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -192,6 +193,38 @@ class FakeServe(ServeClient):
         self._enter("failure_cause")
         return self.causes.get(model_key, "")
 
+    def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
+        self._enter("lost_nodes")
+        return [
+            {**node, "replicas": node["replicas"][model_key]}
+            for node in reversed(self.dead_nodes)
+            if model_key in node["replicas"] and node["died_at"] >= since
+        ]
+
+    def lose_node(self, node: str, reason: str = "health check failed", *, died_at: float | None = None, unhealthy_reads: int = 1) -> None:
+        """A machine dies: every replica placed on it goes; a RUNNING application that had one there
+        is UNHEALTHY for `unhealthy_reads` status reads, then Serve starts replacements (DEPLOYING,
+        placed where there is room, as any new replica)."""
+        import time
+
+        with self._lock:
+            lost: dict[str, int] = {}
+            for name, app in self.apps.items():
+                gone = [rid for rid, placed_on in app["placed"].items() if placed_on == node]
+                if not gone:
+                    continue
+                lost[name] = len(gone)
+                app["replica_ids"] = [rid for rid in app["replica_ids"] if rid not in gone]
+                app["placed"] = {rid: n for rid, n in app["placed"].items() if n != node}
+                if app["status"] == "RUNNING":
+                    app.update(status="UNHEALTHY", reads=unhealthy_reads)
+            if self.nodes is not None:
+                self.nodes = {n: gpus for n, gpus in self.nodes.items() if n != node}
+            self.dead_nodes.append({
+                "node_id": node, "node_name": node, "address": "10.0.0.9",
+                "died_at": time.time() if died_at is None else died_at, "reason": reason, "replicas": lost,
+            })
+
     def reap_shared_memory(self) -> list[dict]:
         self._enter("reap_shared_memory")
         self.reaps += 1
@@ -242,6 +275,14 @@ class FakeServe(ServeClient):
                 else:
                     del self.apps[name]
                 continue
+            if app["status"] == "UNHEALTHY":
+                if app["reads"] > 0:
+                    app["reads"] -= 1
+                    continue
+                # Serve replaces the lost replicas: new ones, to be placed like any other.
+                while len(app["replica_ids"]) < app["target"]:
+                    app["replica_ids"].append(f"{name}#{next(self._ids)}")
+                app["status"] = "DEPLOYING"
             if app["status"] != "DEPLOYING":
                 continue
             if app["place_in"] > 0:
@@ -263,7 +304,9 @@ class FakeServe(ServeClient):
             message = self.unschedulable[name]
         elif app["status"] == "DEPLOYING" and app["place_in"] == 0 and len(app["placed"]) < len(app["replica_ids"]):
             message = f"Deployment 'LLMServer' has {len(app['replica_ids']) - len(app['placed'])} replica(s) that cannot be scheduled"
-        running = len(app["replica_ids"]) if app["status"] == "RUNNING" else 0
+        if app["status"] == "UNHEALTHY":
+            message = "The deployment is UNHEALTHY: a replica died unexpectedly"
+        running = len(app["replica_ids"]) if app["status"] in ("RUNNING", "UNHEALTHY") else 0
         target = app["target"] if targets else None
         deployment = DeploymentStatus("LLMServer", app["status"], message, {"RUNNING": running} if running else {}, target)
         return AppStatus(name, app["status"], message, (deployment,))
