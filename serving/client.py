@@ -662,9 +662,12 @@ class RayServeClient(ServeClient):
             for actor in list_actors(
                 address=address,
                 filters=[("class_name", "=", f"ServeReplica:{model_key}:{deployment}"), ("state", "=", "DEAD")],
-                limit=10_000, timeout=timeout, raise_on_missing_output=False,
+                detail=True, limit=10_000, timeout=timeout, raise_on_missing_output=False,
             ):
-                if actor.node_id in dead_nodes:
+                # Replicas Serve stopped itself (a scale-down, a redeploy) died by RAY_KILL on the
+                # same node earlier: they did not go with the machine.
+                reason = ((actor.death_cause or {}).get("actor_died_error_context") or {}).get("reason")
+                if actor.node_id in dead_nodes and reason != "RAY_KILL":
                     replicas[actor.node_id] = replicas.get(actor.node_id, 0) + 1
         lost = [
             {

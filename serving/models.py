@@ -38,6 +38,11 @@ class ServeModelQuerySet(models.QuerySet):
     def reconcilable(self) -> "ServeModelQuerySet":
         return self.exclude(state=State.DELETED)
 
+    def waiting_on_serve(self) -> "ServeModelQuerySet":
+        """Models someone is waiting for Serve to act on: moving ones, and RUNNING ones with a
+        change not yet applied (is_settled's other half)."""
+        return self.filter(models.Q(state__in=[State.QUEUED, State.DEPLOYING, State.DELETING]) | models.Q(state=State.RUNNING) & ~models.Q(change_reason=""))
+
     def with_last_event(self) -> "ServeModelQuerySet":
         """Each model's newest event in the same query, so a list of N models is still one query."""
         newest = ServeEvent.objects.filter(model=models.OuterRef("pk")).order_by("-created_at", "-id")

@@ -200,7 +200,7 @@ class Tick:
             self.report.reason = f"Serve unavailable: {exc}"
             self.report.serve_unavailable = True
             snapshot.record_unavailable(str(exc), self.now)
-            self.tell_waiting(ServeModel.objects.filter(state__in=[State.QUEUED, State.DEPLOYING, State.DELETING]), exc)
+            self.tell_waiting(ServeModel.objects.waiting_on_serve(), exc)
             return self.report
         if self.followup:
             snapshot.record_apps(self.apps, self.now)
@@ -212,7 +212,7 @@ class Tick:
             ids = list(ServeModel.objects.reconcilable().order_by("created_at", "id").values_list("pk", flat=True))
         for position, pk in enumerate(ids):
             if self.unavailable is not None:
-                waiting = ServeModel.objects.filter(pk__in=ids[position:], state__in=[State.QUEUED, State.DEPLOYING, State.DELETING])
+                waiting = ServeModel.objects.filter(pk__in=ids[position:]).waiting_on_serve()
                 self.tell_waiting(waiting, self.unavailable)
                 break
             self.step_safely(pk)

@@ -249,6 +249,24 @@ def test_an_unreachable_serve_changes_nothing_and_says_so_once(alice, fake_serve
     assert refreshed(model).state == State.RUNNING
 
 
+def test_a_change_to_a_running_model_waiting_on_an_unreachable_serve_says_why_once(alice, fake_serve):
+    """The user who scaled a running model is waiting for it: the page must say why nothing moves
+    (a model with nothing pending stays quiet: its replicas may well still serve)."""
+    model, quiet = create_model(alice), create_model(alice, "quiet")
+    tick(fake_serve, 2)
+    deployments.scale(model, 2, alice)
+    fake_serve.unavailable = True
+    tick(fake_serve, 3)
+
+    model = refreshed(model)
+    assert model.state == State.RUNNING and model.change_reason
+    assert ServeEvent.objects.filter(model=model, kind=EventKind.SERVE_UNAVAILABLE).count() == 1
+    assert not ServeEvent.objects.filter(model=quiet, kind=EventKind.SERVE_UNAVAILABLE).exists()
+    fake_serve.unavailable = False
+    tick(fake_serve, 2)
+    assert refreshed(model).is_settled and fake_serve.apps[model.model_key]["target"] == 2
+
+
 def test_a_change_is_pending_until_applied_and_settles_after(alice, fake_serve):
     model = create_model(alice)
     tick(fake_serve, 2)
