@@ -201,9 +201,9 @@ class ServeClient(abc.ABC):
         return ""
 
     def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
-        """The Ray nodes that died (at or after `since`, epoch seconds) while running one of
-        `model_key`'s replicas, newest first: {node_id, node_name, address, died_at (epoch s),
-        reason (Ray's words), replicas (how many of the model's replicas went with it)}.
+        """The Ray nodes that died (at or after `since`, epoch seconds) where `model_key` had
+        replicas, newest first: {node_id, node_name, address, died_at (epoch s),
+        reason (Ray's words), replicas (the model's dead replicas Ray lists on it)}.
         [] when none did or this client cannot tell. Never raises."""
         return []
 
@@ -632,8 +632,10 @@ class RayServeClient(ServeClient):
         return ""
 
     def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
-        """Dead replicas of the model's application (Ray's state API) whose node is dead too: the
-        replica went with its machine, which Serve's UNHEALTHY message does not say. Bounded by
+        """Dead nodes (Ray's state API) where the model's application had replicas, which Serve's
+        UNHEALTHY message does not say. `replicas` counts every dead replica of the model Ray
+        lists there, ones Serve had stopped earlier (a scale-down) included, so the events name
+        the node, never a count. Bounded by
         FAILURE_CAUSE_TIMEOUT_S; never raises (the model's state is recorded either way)."""
         try:
             self._connect()
@@ -662,12 +664,9 @@ class RayServeClient(ServeClient):
             for actor in list_actors(
                 address=address,
                 filters=[("class_name", "=", f"ServeReplica:{model_key}:{deployment}"), ("state", "=", "DEAD")],
-                detail=True, limit=10_000, timeout=timeout, raise_on_missing_output=False,
+                limit=10_000, timeout=timeout, raise_on_missing_output=False,
             ):
-                # Replicas Serve stopped itself (a scale-down, a redeploy) died by RAY_KILL on the
-                # same node earlier: they did not go with the machine.
-                reason = ((actor.death_cause or {}).get("actor_died_error_context") or {}).get("reason")
-                if actor.node_id in dead_nodes and reason != "RAY_KILL":
+                if actor.node_id in dead_nodes:
                     replicas[actor.node_id] = replicas.get(actor.node_id, 0) + 1
         lost = [
             {

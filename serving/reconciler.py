@@ -47,6 +47,9 @@ LEASE_NAME = "serving-reconciler"
 UNKNOWN_APP_REPORT_EVERY = timedelta(hours=24)
 APPLY_LISTING_GRACE_S = 30
 DRIFT_REASON = "drift repair: Serve had lost the application"
+# How long after Serve called a model unhealthy the reconciler looks for a dead node to name: Ray
+# declares a node dead after its missed heartbeats (~30 s by default), slower on a loaded head.
+NODE_LOST_LOOKUP_S = 180
 
 
 def lease_ttl() -> timedelta:
@@ -482,6 +485,7 @@ class Tick:
         if app is None and self.lost_since_apply(model):
             return self.reapply_lost(model, "Serve no longer lists the application it was deploying (a restarted cluster?); re-applying it.")
         said = f"Serve reports {app.status}: {tail(app.messages) or 'no message yet'}" if app else "Serve does not list the application yet."
+        self.say_lost_nodes(model)
         if model.deadline and self.now >= model.deadline:
             reason = f"Not RUNNING {settings.GANTRY_DEPLOY_TIMEOUT_S} s after it was applied. {said}"
             model.move_to(State.FAILED, EventKind.FAILED, reason, error=reason, expect_generation=model.generation)
@@ -547,10 +551,22 @@ class Tick:
             self.say_lost_nodes(model)
 
     def say_lost_nodes(self, model: ServeModel) -> None:
-        """A NODE_LOST event for each Ray node that died with one of the model's replicas since it
-        was last RUNNING: Serve only says a replica is unhealthy, an admin needs to know the machine
-        went. Once per node (its id in the payload), however many ticks see the model unhealthy."""
-        became_running = model.events.filter(to_state=State.RUNNING).values_list("created_at", flat=True).first()
+        """A NODE_LOST event for each Ray node that died with the model's replicas on it: Serve only
+        says a replica is unhealthy, an admin needs to know the machine went.
+
+        Serve can call a replica unhealthy (its health checks time out) seconds before Ray declares
+        the node dead (missed heartbeats), so this asks on every tick for NODE_LOST_LOOKUP_S after
+        the model left RUNNING as unhealthy, until a node is named; each node once."""
+        left = (
+            model.events.filter(kind=EventKind.SERVE_STATUS, from_state=State.RUNNING, to_state=State.DEPLOYING)
+            .values_list("created_at", flat=True).first()
+        )
+        if left is None or (self.now - left).total_seconds() > NODE_LOST_LOOKUP_S:
+            return
+        told = set(model.events.filter(kind=EventKind.NODE_LOST).values_list("payload__node_id", flat=True))
+        if model.events.filter(kind=EventKind.NODE_LOST, created_at__gte=left).exists():
+            return
+        became_running = model.events.filter(to_state=State.RUNNING, created_at__lte=left).values_list("created_at", flat=True).first()
         # Ray's clock is the head's; a minute of slack for a skewed one.
         since = became_running.timestamp() - 60 if became_running else 0
         try:
@@ -558,19 +574,17 @@ class Tick:
         except Exception as exc:  # noqa: BLE001 — naming the node is a courtesy; the state is recorded
             log.warning("could not read which nodes %s lost: %s", model.model_key, exc)
             return
-        told = set(model.events.filter(kind=EventKind.NODE_LOST).values_list("payload__node_id", flat=True))
         for node in lost:
             if node["node_id"] in told:
                 continue
             died = datetime.fromtimestamp(node["died_at"], tz=dt_timezone.utc).strftime("%H:%M:%S UTC") if node["died_at"] else "recently"
             name = node["node_name"] or node["address"] or "a node"
-            replicas = "its replica" if node["replicas"] == 1 else f"{node['replicas']} of its replicas"
             reason = f" ({tail(node['reason'])})" if node["reason"] else ""
             model.log(
                 EventKind.NODE_LOST,
-                f"Ray lost node {name} ({node['address']}, id {node['node_id'][:12]}) at {died}{reason}, and {replicas} with it; "
-                "Serve starts a replacement where resources allow.",
-                node_id=node["node_id"], node_name=node["node_name"], address=node["address"], replicas=node["replicas"],
+                f"Ray lost node {name} ({node['address']}, id {node['node_id'][:12]}) at {died}{reason} while it ran this "
+                "model's replicas; Serve starts replacements where resources allow.",
+                node_id=node["node_id"], node_name=node["node_name"], address=node["address"],
             )
 
     def delete(self, model: ServeModel, app: AppStatus | None) -> None:

@@ -63,6 +63,7 @@ class FakeServe(ServeClient):
         self.metrics_nodes: list[dict] = []
         self.node_calls: list[tuple] = []  # reap_on_node / remove_segment_on_node, with their arguments
         self.dead_nodes: list[dict] = []  # lose_node()'s, oldest first, with the replicas each took per app
+        self.undeclared_nodes: list[dict] = []  # lost, not yet declared dead by Ray
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -201,10 +202,11 @@ class FakeServe(ServeClient):
             if model_key in node["replicas"] and node["died_at"] >= since
         ]
 
-    def lose_node(self, node: str, reason: str = "health check failed", *, died_at: float | None = None, unhealthy_reads: int = 1) -> None:
+    def lose_node(self, node: str, reason: str = "health check failed", *, died_at: float | None = None, unhealthy_reads: int = 1, declared: bool = True) -> None:
         """A machine dies: every replica placed on it goes; a RUNNING application that had one there
         is UNHEALTHY for `unhealthy_reads` status reads, then Serve starts replacements (DEPLOYING,
-        placed where there is room, as any new replica)."""
+        placed where there is room, as any new replica). `declared=False`: Ray has not yet declared
+        the node dead (its heartbeats are still being missed) until declare_dead()."""
         import time
 
         with self._lock:
@@ -220,10 +222,15 @@ class FakeServe(ServeClient):
                     app.update(status="UNHEALTHY", reads=unhealthy_reads)
             if self.nodes is not None:
                 self.nodes = {n: gpus for n, gpus in self.nodes.items() if n != node}
-            self.dead_nodes.append({
+            (self.dead_nodes if declared else self.undeclared_nodes).append({
                 "node_id": node, "node_name": node, "address": "10.0.0.9",
                 "died_at": time.time() if died_at is None else died_at, "reason": reason, "replicas": lost,
             })
+
+    def declare_dead(self, node: str) -> None:
+        with self._lock:
+            self.dead_nodes += [n for n in self.undeclared_nodes if n["node_id"] == node]
+            self.undeclared_nodes = [n for n in self.undeclared_nodes if n["node_id"] != node]
 
     def reap_shared_memory(self) -> list[dict]:
         self._enter("reap_shared_memory")

@@ -5,12 +5,14 @@ is what an admin needs to act on. FakeServe loses a node the way Ray does: its r
 the application is UNHEALTHY for a read, then Serve places replacements where there is room.
 """
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from serving.choices import EventKind, State
 from serving.models import ServeEvent
-from serving.reconciler import reconcile
+from serving.reconciler import NODE_LOST_LOOKUP_S, reconcile
 from tests.serving.factories import create_model
 from tests.serving.fake_serve import FakeServe, reset_shared
 
@@ -30,6 +32,11 @@ def tick(fake, times: int = 1):
 
 def node_events(model) -> list[ServeEvent]:
     return list(ServeEvent.objects.filter(model=model, kind=EventKind.NODE_LOST).order_by("id"))
+
+
+def refreshed_state(model) -> str:
+    model.refresh_from_db()
+    return model.state
 
 
 def running_on(fake, model) -> str:
@@ -52,8 +59,8 @@ def test_the_model_whose_replica_was_on_the_lost_node_says_which_node_went_and_w
     assert hit.state == State.DEPLOYING
     (event,) = node_events(hit)
     assert f"Ray lost node {lost}" in event.message
-    assert "missing too many heartbeats" in event.message and "its replica with it" in event.message
-    assert event.payload["node_id"] == lost and event.payload["replicas"] == 1
+    assert "missing too many heartbeats" in event.message and "while it ran this model's replicas" in event.message
+    assert event.payload["node_id"] == lost
     assert node_events(spared) == []
 
 
@@ -64,7 +71,38 @@ def test_a_lost_node_is_named_once_however_long_the_model_stays_unhealthy(alice,
     tick(two_nodes, 6)
 
     assert len(node_events(model)) == 1
-    assert two_nodes.asked.count("lost_nodes") == 1  # asked when Serve first says UNHEALTHY, not every tick
+    assert two_nodes.asked.count("lost_nodes") == 1  # named at once: not asked again
+
+
+def test_a_node_ray_declares_dead_only_after_serve_said_unhealthy_is_named_on_a_later_tick(alice, two_nodes):
+    """Serve's health checks time out before Ray's heartbeats do: at the first UNHEALTHY the node
+    is still ALIVE for Ray."""
+    model = create_model(alice, gpus_per_replica=1)
+    tick(two_nodes, 3)
+    lost = running_on(two_nodes, model)
+    two_nodes.lose_node(lost, declared=False, unhealthy_reads=3)
+    tick(two_nodes, 2)
+    assert refreshed_state(model) == State.DEPLOYING and node_events(model) == []
+
+    two_nodes.declare_dead(lost)
+    tick(two_nodes)
+    (event,) = node_events(model)
+    assert event.payload["node_id"] == lost
+
+
+def test_the_lookup_stops_a_while_after_serve_said_unhealthy(alice, two_nodes):
+    """A replica that crashed on a healthy node is no node's fault: the reconciler stops asking Ray
+    about dead nodes once Ray would long have declared one."""
+    model = create_model(alice, gpus_per_replica=1)
+    tick(two_nodes, 3)
+    two_nodes.lose_node(running_on(two_nodes, model), declared=False, unhealthy_reads=50)
+    tick(two_nodes)
+    asked = two_nodes.asked.count("lost_nodes")
+    ServeEvent.objects.filter(model=model, kind=EventKind.SERVE_STATUS, to_state=State.DEPLOYING).update(
+        created_at=timezone.now() - timedelta(seconds=NODE_LOST_LOOKUP_S + 1)
+    )
+    tick(two_nodes, 3)
+    assert two_nodes.asked.count("lost_nodes") == asked
 
 
 def test_a_node_lost_before_the_model_last_became_running_is_not_blamed_again(alice, two_nodes):
