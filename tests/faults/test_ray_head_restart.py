@@ -22,15 +22,11 @@ from tests.ray_cluster import wait_for
 pytestmark = [pytest.mark.slow]
 
 
-def node_ids(topology, name: str) -> set[str]:
-    return {node_id for node_id, node_name in topology.node_names().items() if node_name == name}
-
-
 @pytest.mark.timeout(1800)  # a new cluster, then a replica started from nothing: minutes on 2 cores
 def test_a_restarted_head_loses_serve_and_gantry_applies_the_model_again_with_the_change_made_meanwhile(topology, model):
     key, model_id = model["key"], model["model_id"]
     assert topology.replica_nodes(model_id) == ["ray-node-1"]
-    (old_node,) = node_ids(topology, "ray-node-1")
+    (old_node,) = topology.node_ids("ray-node-1")
     since = topology.last_event_id()
 
     killed_pids = topology.kill("ray-head", signal.SIGKILL)
@@ -50,7 +46,7 @@ def test_a_restarted_head_loses_serve_and_gantry_applies_the_model_again_with_th
 
     up = time.monotonic()
     topology.cluster("up")  # the head on its old ports, and the node with it
-    (new_node,) = node_ids(topology, "ray-node-1")
+    (new_node,) = topology.node_ids("ray-node-1")
     assert new_node != old_node
     print(f"head and node back {elapsed(up)} after `up` ({elapsed(killed)} after the kill)")
 
@@ -64,9 +60,7 @@ def test_a_restarted_head_loses_serve_and_gantry_applies_the_model_again_with_th
     assert topology.replica_nodes(model_id) == ["ray-node-1"]
     assert topology.chat(model_id, "Back?") is not None
 
-    events = topology.events(key, since)
-    for _, kind, message in events:
-        print(f"  {kind}: {message[:160]}")
+    events = topology.printed_events(key, since)
     kinds = [kind for _, kind, _ in events]
     assert "SERVE_UNAVAILABLE" in kinds and kinds[-1] == "RUNNING", kinds
     counts = topology.count_changes(key, [generation, back])

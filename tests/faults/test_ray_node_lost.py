@@ -20,15 +20,11 @@ from tests.faults.topology import elapsed
 pytestmark = [pytest.mark.slow]
 
 
-def node_ids(topology, name: str) -> set[str]:
-    return {node_id for node_id, node_name in topology.node_names().items() if node_name == name}
-
-
 @pytest.mark.timeout(1500)  # the topology (or a model on a replaced node) takes minutes on a loaded machine
 def test_losing_the_node_that_hosts_the_replica_and_replacing_it_brings_the_model_back(topology, model):
     key, model_id = model["key"], model["model_id"]
     assert topology.replica_nodes(model_id) == ["ray-node-1"]
-    (lost,) = node_ids(topology, "ray-node-1")
+    (lost,) = topology.node_ids("ray-node-1")
     revisions = topology.sql("SELECT count(*) FROM serving_serverevision WHERE model_key = %s", key)[0][0]
     since = topology.last_event_id()
 
@@ -38,7 +34,7 @@ def test_losing_the_node_that_hosts_the_replica_and_replacing_it_brings_the_mode
     print(f"Gantry says DEPLOYING {elapsed(killed)} after the node was killed")
 
     topology.cluster("up")  # the replacement node
-    (replacement,) = node_ids(topology, "ray-node-1")
+    (replacement,) = topology.node_ids("ray-node-1")
     assert replacement != lost
     print(f"replacement node joined {elapsed(killed)} after the kill")
 
@@ -47,9 +43,7 @@ def test_losing_the_node_that_hosts_the_replica_and_replacing_it_brings_the_mode
     assert topology.replica_nodes(model_id) == ["ray-node-1"]
     assert topology.chat(model_id, "Still there?") is not None
 
-    events = topology.events(key, since)
-    for _, kind, message in events:
-        print(f"  {kind}: {message[:160]}")
+    events = topology.printed_events(key, since)
     kinds = [kind for _, kind, _ in events]
     left = next(i for i, (_, kind, message) in enumerate(events) if kind == "SERVE_STATUS" and "UNHEALTHY" in message)
     assert "RUNNING" in kinds[left:], kinds

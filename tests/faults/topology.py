@@ -170,6 +170,13 @@ class Topology:
     def events(self, key: str, since_id: int = 0) -> list[tuple[int, str, str]]:
         return self.sql("SELECT id, kind, message FROM serving_serveevent WHERE model_key = %s AND id > %s ORDER BY id", key, since_id)
 
+    def printed_events(self, key: str, since_id: int = 0) -> list[tuple[int, str, str]]:
+        """events(), each printed on a line: the story a fault test's output tells."""
+        events = self.events(key, since_id)
+        for _, kind, message in events:
+            print(f"  {kind}: {message[:160]}")
+        return events
+
     def last_event_id(self) -> int:
         return self.sql("SELECT coalesce(max(id), 0) FROM serving_serveevent")[0][0]
 
@@ -189,6 +196,10 @@ class Topology:
     def node_names(self) -> dict[str, str]:
         """node id -> node name (gantry-head, ray-node-1) of every ALIVE node."""
         return {n["node_id"]: n["node_name"] for n in self.ray_state("nodes") if n["state"] == "ALIVE"}
+
+    def node_ids(self, name: str) -> set[str]:
+        """The ids of the ALIVE nodes called `name` (one, unless a replacement is joining)."""
+        return {node_id for node_id, node_name in self.node_names().items() if node_name == name}
 
     def replica_nodes(self, model_id: str) -> list[str]:
         """The node name each ALIVE replica actor of the model's application runs on."""
