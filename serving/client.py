@@ -202,9 +202,8 @@ class ServeClient(abc.ABC):
 
     def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
         """The Ray nodes that died (at or after `since`, epoch seconds) where `model_key` had
-        replicas, newest first: {node_id, node_name, address, died_at (epoch s),
-        reason (Ray's words), replicas (the model's dead replicas Ray lists on it)}.
-        [] when none did or this client cannot tell. Never raises."""
+        replicas, newest first: {node_id, node_name, address, died_at (epoch s), reason (Ray's
+        words)}. [] when none did or this client cannot tell. Never raises."""
         return []
 
     def node_runtimes(self) -> list[dict]:
@@ -633,9 +632,8 @@ class RayServeClient(ServeClient):
 
     def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
         """Dead nodes (Ray's state API) where the model's application had replicas, which Serve's
-        UNHEALTHY message does not say. `replicas` counts every dead replica of the model Ray
-        lists there, ones Serve had stopped earlier (a scale-down) included, so the events name
-        the node, never a count. Bounded by
+        UNHEALTHY message does not say. No count of replicas lost: Ray lists the ones Serve had
+        stopped on that node earlier (a scale-down) as dead too. Bounded by
         FAILURE_CAUSE_TIMEOUT_S; never raises (the model's state is recorded either way)."""
         try:
             self._connect()
@@ -659,25 +657,25 @@ class RayServeClient(ServeClient):
         }
         if not dead_nodes:
             return []
-        replicas: dict[str, int] = {}
-        for deployment in app.deployments:
+        hosted = {
+            actor.node_id
+            for deployment in app.deployments
             for actor in list_actors(
                 address=address,
                 filters=[("class_name", "=", f"ServeReplica:{model_key}:{deployment}"), ("state", "=", "DEAD")],
                 limit=10_000, timeout=timeout, raise_on_missing_output=False,
-            ):
-                if actor.node_id in dead_nodes:
-                    replicas[actor.node_id] = replicas.get(actor.node_id, 0) + 1
+            )
+        }
         lost = [
             {
                 "node_id": node_id,
-                "node_name": dead_nodes[node_id].node_name or "",
-                "address": dead_nodes[node_id].node_ip or "",
-                "died_at": (dead_nodes[node_id].end_time_ms or 0) / 1000,
-                "reason": (dead_nodes[node_id].state_message or "").strip(),
-                "replicas": count,
+                "node_name": node.node_name or "",
+                "address": node.node_ip or "",
+                "died_at": (node.end_time_ms or 0) / 1000,
+                "reason": (node.state_message or "").strip(),
             }
-            for node_id, count in replicas.items()
+            for node_id, node in dead_nodes.items()
+            if node_id in hosted
         ]
         return sorted(lost, key=lambda node: node["died_at"], reverse=True)
 

@@ -563,9 +563,9 @@ class Tick:
         )
         if left is None or (self.now - left).total_seconds() > NODE_LOST_LOOKUP_S:
             return
-        told = set(model.events.filter(kind=EventKind.NODE_LOST).values_list("payload__node_id", flat=True))
         if model.events.filter(kind=EventKind.NODE_LOST, created_at__gte=left).exists():
             return
+        told = set(model.events.filter(kind=EventKind.NODE_LOST).values_list("payload__node_id", flat=True))
         became_running = model.events.filter(to_state=State.RUNNING, created_at__lte=left).values_list("created_at", flat=True).first()
         # Ray's clock is the head's; a minute of slack for a skewed one.
         since = became_running.timestamp() - 60 if became_running else 0

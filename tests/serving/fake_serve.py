@@ -62,7 +62,7 @@ class FakeServe(ServeClient):
         # What metrics_endpoints() lists: {node_id, address, port} per node (a real HTTP server in tests).
         self.metrics_nodes: list[dict] = []
         self.node_calls: list[tuple] = []  # reap_on_node / remove_segment_on_node, with their arguments
-        self.dead_nodes: list[dict] = []  # lose_node()'s, oldest first, with the replicas each took per app
+        self.dead_nodes: list[dict] = []  # lose_node()'s, oldest first, with the apps that had replicas there
         self.undeclared_nodes: list[dict] = []  # lost, not yet declared dead by Ray
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -197,9 +197,9 @@ class FakeServe(ServeClient):
     def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
         self._enter("lost_nodes")
         return [
-            {**node, "replicas": node["replicas"][model_key]}
+            {key: value for key, value in node.items() if key != "apps"}
             for node in reversed(self.dead_nodes)
-            if model_key in node["replicas"] and node["died_at"] >= since
+            if model_key in node["apps"] and node["died_at"] >= since
         ]
 
     def lose_node(self, node: str, reason: str = "health check failed", *, died_at: float | None = None, unhealthy_reads: int = 1, declared: bool = True) -> None:
@@ -210,12 +210,12 @@ class FakeServe(ServeClient):
         import time
 
         with self._lock:
-            lost: dict[str, int] = {}
+            lost: set[str] = set()
             for name, app in self.apps.items():
                 gone = [rid for rid, placed_on in app["placed"].items() if placed_on == node]
                 if not gone:
                     continue
-                lost[name] = len(gone)
+                lost.add(name)
                 app["replica_ids"] = [rid for rid in app["replica_ids"] if rid not in gone]
                 app["placed"] = {rid: n for rid, n in app["placed"].items() if n != node}
                 if app["status"] == "RUNNING":
@@ -224,7 +224,7 @@ class FakeServe(ServeClient):
                 self.nodes = {n: gpus for n, gpus in self.nodes.items() if n != node}
             (self.dead_nodes if declared else self.undeclared_nodes).append({
                 "node_id": node, "node_name": node, "address": "10.0.0.9",
-                "died_at": time.time() if died_at is None else died_at, "reason": reason, "replicas": lost,
+                "died_at": time.time() if died_at is None else died_at, "reason": reason, "apps": lost,
             })
 
     def declare_dead(self, node: str) -> None:
