@@ -10,6 +10,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from serving import deployments, engine, reconciler
@@ -131,6 +132,75 @@ def test_the_reconcile_task_has_time_limits_and_the_lease_outlasts_a_call(settin
     assert task.soft_time_limit == settings.GANTRY_RECONCILE_TIME_LIMIT_S
     assert task.time_limit > task.soft_time_limit
     assert reconciler.lease_ttl() > timedelta(seconds=settings.GANTRY_SERVE_CALL_TIMEOUT_S)
+
+
+class DatabaseOutage:
+    """The test database goes away for real: PostgreSQL ends every session on it and refuses new
+    ones until `seconds` have passed (what a restart or a failover looks like to a client)."""
+
+    def __init__(self, seconds: float):
+        import psycopg
+
+        self.name = connection.settings_dict["NAME"]
+        params = connection.get_connection_params()
+        params.update(dbname="postgres", autocommit=True)
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        self.admin = psycopg.connect(**params)
+        self.seconds = seconds
+        self.ended: float | None = None
+        self.timer: threading.Timer | None = None
+
+    def begin(self) -> None:
+        self._allow(False)
+        self.admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [self.name])
+        self.timer = threading.Timer(self.seconds, self.end)
+        self.timer.start()
+
+    def end(self) -> None:
+        self._allow(True)
+        self.ended = self.ended or time.monotonic()
+
+    def _allow(self, allowed: bool) -> None:
+        self.admin.execute(f'ALTER DATABASE "{self.name}" WITH ALLOW_CONNECTIONS {str(allowed).lower()}')
+
+    def close(self) -> None:
+        if self.timer:
+            self.timer.cancel()
+        self.end()
+        self.admin.close()
+
+
+@pytest.fixture
+def outage():
+    if connection.vendor != "postgresql":
+        pytest.skip("the outage is PostgreSQL's own (make test runs on PostgreSQL)")
+    made = DatabaseOutage(seconds=3)
+    yield made
+    made.close()
+    connection.close()  # the next test starts on a fresh session
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_tick_the_database_went_away_under_lets_go_of_the_lease_as_soon_as_it_is_back(alice, settings, outage):
+    create_model(alice)
+
+    class CutMidTick(FakeServe):
+        def status(self, *, targets=False):
+            apps = super().status(targets=targets)
+            outage.begin()  # the tick's next query finds the database gone
+            return apps
+
+    with pytest.raises(OperationalError):
+        reconcile(CutMidTick(gpus=8))
+    returned = time.monotonic()
+    outage.timer.join()
+    connection.close()  # the test's own session ended with the outage too
+    lease = Lease.objects.get(name=LEASE_NAME)
+    assert lease.holder == "" and lease.expires_at is None, "the next tick would wait out the TTL"
+    # Freed within a retry of the database's return, not a TTL (2.5 min here) later.
+    assert outage.ended <= returned < outage.ended + reconciler.RELEASE_RETRY_S + 2
+    assert reconcile(FakeServe(gpus=8)).ran
 
 
 # --- 6. the database never claims what Serve does not do -------------------------------------------
