@@ -109,17 +109,23 @@ def let_go(holder: str) -> None:
     back (a fault run waited 2 min after a 30 s outage). So keep trying, each time on a fresh
     connection, until it is back or the lease would have expired anyway; the process has nothing
     else to do without a database."""
-    deadline = time.monotonic() + lease_ttl().total_seconds()
+    started = time.monotonic()
+    deadline = started + lease_ttl().total_seconds()
+    tries = 0
     while True:
         try:
             Lease.objects.filter(name=LEASE_NAME, holder=holder).update(holder="", expires_at=None)
+            if tries:
+                log.info("reconcile lease released %.1f s after the database went away", time.monotonic() - started)
             return
         except DatabaseError as exc:
             # Inside a caller's transaction a fresh connection would drop the caller's work.
             if connection.in_atomic_block or time.monotonic() >= deadline:
                 log.warning("could not release the reconcile lease (%s); it expires within %s", exc, lease_ttl())
                 return
-            log.info("the database is away (%s); releasing the reconcile lease once it is back", exc)
+            if not tries:
+                log.warning("the database is away (%s); releasing the reconcile lease once it is back", exc)
+            tries += 1
             connection.close()
             time.sleep(RELEASE_RETRY_S)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.topology import MODELS, Topology
+from tests.faults.topology import MODELS, SERVE_CALL_TIMEOUT_S, Topology
 from tests.ray_cluster import engine_shared_memory, unused_shared_memory
 
 # The story's order (module, then the topology's delete test last of all).
@@ -59,7 +59,7 @@ def topology(tiny_model):
         # The lease outlives 2 × this + 30 s: a worker killed holding it blocks the others for 120 s,
         # not production's 150 s. Not lower: a fresh worker process's first apply imports vLLM,
         # which takes 20-40 s on a loaded 2-core machine.
-        "GANTRY_SERVE_CALL_TIMEOUT_S": "45",
+        "GANTRY_SERVE_CALL_TIMEOUT_S": str(SERVE_CALL_TIMEOUT_S),
         "GANTRY_SERVE_CLIENT": "tests.faults.pausable_client.PausableApplyClient",
         "GANTRY_FAULTS_PAUSE_FILE": str(directory / "pause-apply"),
     }
@@ -106,5 +106,8 @@ def served(topology):
 def model(topology, served):
     """The served model as it is now; each fault test must leave it RUNNING with one replica."""
     yield served
-    # The next test starts from a RUNNING model, whatever this one left.
+    # The next test starts from a RUNNING model with one replica, whatever this one left: one that
+    # failed midway may have left its change behind, which nobody else would undo.
+    if topology.model(served["key"])["num_replicas"] != 1:
+        topology.scale(served["key"], 1)
     topology.wait_for_state(served["key"], "RUNNING", num_replicas=1)

@@ -13,13 +13,10 @@ import time
 
 import pytest
 
-from tests.faults.topology import elapsed
+from tests.faults.topology import LEASE_TTL_S, elapsed
 from tests.ray_cluster import process_tree, wait_for
 
 pytestmark = [pytest.mark.slow]
-
-LEASE_TTL_S = 2 * 45 + 30  # the topology's GANTRY_SERVE_CALL_TIMEOUT_S is 45
-
 
 
 def test_a_worker_killed_mid_apply_is_taken_over_after_the_lease_and_applies_once(topology, model):

@@ -22,6 +22,10 @@ from tests.ray_cluster import process_tree, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 GANTRY_CLUSTER = ROOT / "bin" / "gantry-cluster"
 MODELS = "/api/v2/serve/models"
+# The topology's bound on each Serve call (set by the cluster fixture), and the reconciler's lease
+# TTL that follows from it (serving.reconciler.lease_ttl): how long a dead holder blocks the others.
+SERVE_CALL_TIMEOUT_S = 45
+LEASE_TTL_S = 2 * SERVE_CALL_TIMEOUT_S + 30
 
 
 @dataclass
