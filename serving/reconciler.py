@@ -518,7 +518,7 @@ class Tick:
             return
         if app is None and self.lost_since_apply(model):
             return self.reapply_lost(model, "Serve no longer lists the application it was deploying (a restarted cluster?); re-applying it.")
-        said = f"Serve reports {app.status}: {tail(app.messages) or 'no message yet'}" if app else "Serve does not list the application yet."
+        said = serve_says(app) if app else "Serve does not list the application yet."
         self.say_lost_nodes(model)
         if model.deadline and self.now >= model.deadline:
             reason = f"Not RUNNING {settings.GANTRY_DEPLOY_TIMEOUT_S} s after it was applied. {said}"
@@ -580,8 +580,10 @@ class Tick:
         self.observe_autoscaler(model, app)
         if app.status in ("UNHEALTHY", "DEPLOY_FAILED"):
             deadline = self.now + timedelta(seconds=settings.GANTRY_DEPLOY_TIMEOUT_S)
-            message = f"Serve reports {app.status}: {tail(app.messages)}; waiting for it to recover."
-            model.move_to(State.DEPLOYING, EventKind.SERVE_STATUS, message, expect_generation=model.generation, also={"deadline": deadline})
+            said = serve_says(app)
+            # Observed as said, so the next tick's DEPLOYING step does not log Serve's same words again.
+            also = {"deadline": deadline, "last_observation": said}
+            model.move_to(State.DEPLOYING, EventKind.SERVE_STATUS, f"{said}; waiting for it to recover.", expect_generation=model.generation, also=also)
             self.say_lost_nodes(model)
 
     def say_lost_nodes(self, model: ServeModel) -> None:
@@ -719,6 +721,10 @@ def tail(message: str, limit: int = 2000) -> str:
         return message
     head = message[: limit // 3].rstrip()
     return f"{head}\n…\n{message[-(limit - len(head)):].lstrip()}"
+
+
+def serve_says(app: AppStatus) -> str:
+    return f"Serve reports {app.status}: {tail(app.messages) or 'no message yet'}"
 
 
 def observe(model: ServeModel, kind: str, message: str) -> None:

@@ -74,6 +74,18 @@ def test_a_lost_node_is_named_once_however_long_the_model_stays_unhealthy(alice,
     assert two_nodes.asked.count("lost_nodes") == 1  # named at once: not asked again
 
 
+def test_serve_calling_the_model_unhealthy_is_one_event_however_many_ticks_it_lasts(alice, two_nodes):
+    model = create_model(alice, gpus_per_replica=1)
+    tick(two_nodes, 3)
+    two_nodes.lose_node(running_on(two_nodes, model), unhealthy_reads=3)
+    tick(two_nodes, 4)
+
+    unhealthy = ServeEvent.objects.filter(model=model, kind=EventKind.SERVE_STATUS, message__contains="UNHEALTHY")
+    assert unhealthy.count() == 1, [event.message for event in unhealthy]
+    (event,) = unhealthy
+    assert (event.from_state, event.to_state) == (State.RUNNING, State.DEPLOYING)
+
+
 def test_a_node_ray_declares_dead_only_after_serve_said_unhealthy_is_named_on_a_later_tick(alice, two_nodes):
     """Serve's health checks time out before Ray's heartbeats do: at the first UNHEALTHY the node
     is still ALIVE for Ray."""
