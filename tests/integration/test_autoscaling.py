@@ -107,12 +107,14 @@ def test_an_autoscaled_model_scales_with_a_burst_and_changes_its_bounds_in_place
 
 
 def every_replica(head, key: str) -> dict[str, tuple[str, int, str]]:
-    """replica id -> (actor id, pid, state) of every replica Serve lists for `key`, whatever its state."""
+    """replica id -> (actor id, pid, state) of every replica Serve lists for `key`, whatever its
+    state (actor id and PID None while it waits for its actor)."""
     _, details = get_json(f"{head.dashboard_url}/api/serve/applications/")
     found = {}
     for deployment in details["applications"].get(key, {}).get("deployments", {}).values():
         for replica in deployment["replicas"]:
-            found[replica["replica_id"]] = (replica["actor_id"], replica["pid"], replica["state"])
+            # A replica Serve has only just asked for lists no actor or PID yet (seen in CI).
+            found[replica["replica_id"]] = (replica.get("actor_id"), replica.get("pid"), replica["state"])
     return found
 
 
