@@ -52,7 +52,7 @@ def setup_django(scratch: Path, head: RayHead) -> Path:
             "DATABASE_URL": f"sqlite:///{scratch}/bench.sqlite3",
             "GANTRY_ENV": "dev",
             "GANTRY_ENGINE": "cpu",
-            "GANTRY_SERVE_CLIENT": "serving.client.RayServeClient",
+            "GANTRY_SERVE_CLIENT": "serving.cluster.RayServeClient",
             "RAY_ADDRESS": head.address,
             "RAY_DASHBOARD_URL": head.dashboard_url,
             "GANTRY_SERVE_PORT": str(head.serve_port),
@@ -147,7 +147,7 @@ def main() -> None:
     try:
         head.wait_until_up()
         model_folder = setup_django(scratch, head)
-        from serving.client import RayServeClient
+        from serving.cluster import RayServeClient
 
         client = RayServeClient()
         client.ensure_started(http_port=head.serve_port)

@@ -60,7 +60,7 @@ def fill(hours: int, interval_s: int) -> int:
 def cycle_costs(cycles: int) -> tuple[dict[str, list[float]], list[float]]:
     from django.conf import settings
 
-    from health.probes import all_probes, run_cycle
+    from health.cycle import all_probes, run_cycle
     from tests.health.gpu_readings import gpu, node
     from tests.serving.fake_serve import reset_shared
 

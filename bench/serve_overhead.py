@@ -127,7 +127,7 @@ def setup_django(scratch: Path, head: RayHead, broker: str) -> None:
         # filesystem:// is make run's broker, in GANTRY_VAR_DIR (here the scratch folder's).
         "CELERY_BROKER_URL": broker,
         "CELERY_TASK_ALWAYS_EAGER": "0",
-        "GANTRY_SERVE_CLIENT": "serving.client.RayServeClient",
+        "GANTRY_SERVE_CLIENT": "serving.cluster.RayServeClient",
         "RAY_ADDRESS": head.address,
         "RAY_DASHBOARD_URL": head.dashboard_url,
         "GANTRY_SERVE_HOST": "127.0.0.1",
@@ -729,7 +729,7 @@ class Traffic(threading.Thread):
 def restarts(head: RayHead, api: Api, celery: CeleryProcesses, model_a: str) -> list[dict]:
     """Add B, scale it 1 -> 2, delete it, each through the API, waiting for the state the worker
     reports (this process only polls); Serve's own clock for the add and the delete."""
-    from serving.client import ROUTER_APP
+    from serving.cluster.serve import ROUTER_APP
 
     def snapshot() -> dict:
         return {"A": replicas(head, model_a), "router": replicas(head, ROUTER_APP), "serve": serve_actors(head)}

@@ -5,12 +5,13 @@ import hashlib
 import socket
 import time
 from dataclasses import asdict, dataclass
-from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from kombu import Connection
+
+from serving.cluster.address import ray_gcs_endpoint
 
 
 @dataclass(frozen=True)
@@ -52,16 +53,6 @@ def check_broker() -> Reachability:
             return f"{conn.transport_cls} broker reachable"
 
     return _timed("broker", probe)
-
-
-def ray_gcs_endpoint(address: str) -> tuple[str, int] | None:
-    """host and port of the Ray GCS named by RAY_ADDRESS (host:port or ray://host:port)."""
-    if not address or address in {"auto", "local"}:
-        return None
-    parts = urlsplit(address if "://" in address else f"ray://{address}")
-    if not parts.hostname or not parts.port:
-        return None
-    return parts.hostname, parts.port
 
 
 def check_tcp(name: str, host: str, port: int) -> Reachability:

@@ -249,7 +249,7 @@ GANTRY_DATASETS_ROOT = Path(env_str("GANTRY_DATASETS_ROOT", str(VAR_DIR / "datas
 GANTRY_USERS_ROOT = Path(env_str("GANTRY_USERS_ROOT", str(VAR_DIR / "users"))).resolve()
 GANTRY_ENGINE = env_choice("GANTRY_ENGINE", "auto", ("auto", "cpu", "gpu"))
 GANTRY_ACCELERATOR_TYPE = env_str("GANTRY_ACCELERATOR_TYPE", "")
-GANTRY_SERVE_CLIENT = env_str("GANTRY_SERVE_CLIENT", "serving.client.RayServeClient")
+GANTRY_SERVE_CLIENT = env_str("GANTRY_SERVE_CLIENT", "serving.cluster.RayServeClient")
 # A deploy that is not RUNNING this long after its apply fails with Serve's last message; one that
 # waits for GPUs this long fails too. Large models on slow disks need the generous default.
 GANTRY_DEPLOY_TIMEOUT_S = env_int("GANTRY_DEPLOY_TIMEOUT_S", 900, minimum=1)

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import yaml
 
-from serving.spec import load_yaml, yaml_error_place, yaml_error_problem
+from serving.spec.parsing import load_yaml, yaml_error_place, yaml_error_problem
 
 CHUNK_SIZE = 2**20  # DVC's LOCAL_CHUNK_SIZE
 TEXT_PROBE_SIZE = 512  # DVC's istextfile block

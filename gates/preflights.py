@@ -15,6 +15,7 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from dashboard.models import AuditEntry
+from dashboard.queues import task
 from gates.models import PreflightRun, RuntimeReading, spec_digest
 from gates.preflight.base import NodeRuntime, PreflightContext, Runtime, SecretNames
 from gates.preflight.config import effective_config
@@ -45,7 +46,8 @@ def _alive_node_ids() -> list[str]:
 def read_cluster_runtime(client) -> Runtime:
     """In a worker: the cluster's runtime, read again when older than GANTRY_PREFLIGHT_RUNTIME_TTL_S or
     when the cluster's nodes changed (a node added with another image is exactly the skew to catch)."""
-    from serving.client import call_with_timeout
+    from gates.node_runtimes import node_runtimes
+    from serving.cluster.connection import call_with_timeout
 
     reading = RuntimeReading.objects.filter(name=RuntimeReading.ONE).first()
     now = timezone.now()
@@ -54,7 +56,7 @@ def read_cluster_runtime(client) -> Runtime:
         if not alive or sorted(reading.node_ids) == alive:
             return Runtime.from_dict(reading.runtime)
     try:
-        nodes = call_with_timeout(client.node_runtimes, timeout_s=settings.GANTRY_SERVE_CALL_TIMEOUT_S, what="node_runtimes") or []
+        nodes = call_with_timeout(node_runtimes, client, timeout_s=settings.GANTRY_SERVE_CALL_TIMEOUT_S, what="node_runtimes") or []
         why = "the cluster reported no nodes" if not nodes else ""
     except Exception as exc:  # noqa: BLE001 — an unreachable cluster is said in the report, not raised
         nodes, why = [], f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -100,7 +102,7 @@ def gpu_memory_reading() -> GpuMemory:
     """Every GPU's memory as the health probe last read it (one probe cycle's GpuSample rows), for
     the VRAM fit check; none when that reading is stale or there is no database (the CLI)."""
     from health.models import GpuSample
-    from health.panel import STALE_INTERVALS
+    from health.choices import STALE_INTERVALS
     from serving.vram_fit import serving_pids
 
     try:
@@ -270,9 +272,7 @@ class Verdict:
 
 
 def enqueue(run: PreflightRun) -> None:
-    from gates.tasks import preflight_for_deploy
-
-    transaction.on_commit(lambda: preflight_for_deploy.delay(run.pk))
+    transaction.on_commit(lambda: task("gates.tasks.preflight_for_deploy").delay(run.pk))
 
 
 def _stuck(run: PreflightRun) -> bool:

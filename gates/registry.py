@@ -8,14 +8,14 @@ RegistryError naming the step and the reason in words; an MLflow server that doe
 in seconds (GANTRY_MLFLOW_TIMEOUT_S, GANTRY_MLFLOW_RETRIES), not after MLflow's four minutes of
 retries. Serving specs name `models:/<name>@<alias>`; resolve_alias downloads that version once into
 GANTRY_REGISTRY_DIR, and that copy is what the model's config serves.
+
+What needs no MLflow lives beside it, so that it is checked and read without importing mlflow: the
+rules for names, semvers and `models:/` URIs (gates/registry_names.py) and the local copies with
+their markers (gates/registry_copies.py).
 """
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +30,19 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException, RestException
 
-STEPS = ("fetch", "promote", "resolve", "dev")
+from gates.registry_copies import ResolvedModel, local_copy, registered_copy, resolved
+from gates.registry_names import (
+    DEV_PREFIX, DEV_SEMVER_RE, RegistryError, RegistryUnreachable, check_alias, check_artifact_path, check_name, check_run_id,
+    check_semver, is_dev_semver, parse_models_uri, refuse_dev_in_prod, validate_semver,
+)
+
+# Callers and tests name these as gates.registry's; they live where their reason to change is.
+__all__ = [
+    "CandidateRun", "Promotion", "RegistryError", "RegistryUnreachable", "ResolvedModel", "describe_run", "download_candidate",
+    "is_dev_semver", "log_candidate", "parse_models_uri", "promote", "register_dev", "registered_copy", "registry_state",
+    "resolve_alias", "tracking_uri", "undo_partial_promotion", "validate_semver",
+]
+
 PRODUCTION_ALIAS = "production"
 DEV_ALIAS = "dev"
 GATE_RUN_TAG = "gantry.gate_run"
@@ -41,37 +53,6 @@ DEV_USER_TAG = "gantry.dev_promoted_by"
 # model itself and leave the registry exactly as it was.
 CREATED_BY_TAG = "gantry.created_by_gate_run"
 RESERVED_TAGS = (GATE_RUN_TAG, ENV_TAG, SEMVER_TAG, DEV_USER_TAG)
-# Written into each local copy of a version: what it is, read back without asking MLflow.
-COPY_MARKER = ".gantry-registry.json"
-
-# SemVer 2.0's own regex (semver.org), with the leading "v" Gantry's tags carry.
-SEMVER_RE = re.compile(
-    r"v(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?"
-)
-DEV_SEMVER_RE = re.compile(r"v0\.0\.0-dev[.\-+a-zA-Z0-9]*")
-DEV_PREFIX = "v0.0.0-dev"
-# Stricter than MLflow's own rule (no "/" or ":"): the name is also a folder under GANTRY_REGISTRY_DIR
-# and a quoted value in MLflow's search filters.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
-RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-MODELS_URI_RE = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[1-9][0-9]*))")
-
-
-class RegistryError(Exception):
-    """A registry step that did not happen; `reason` says why in words a user understands."""
-
-    def __init__(self, step: str, reason: str):
-        assert step in STEPS, step
-        super().__init__(reason)
-        self.step = step
-        self.reason = reason
-
-
-class RegistryUnreachable(RegistryError):
-    """MLflow did not answer: nothing was decided, and the same request may work later."""
 
 
 @dataclass(frozen=True)
@@ -91,72 +72,6 @@ class Promotion:
     semver: str
     alias: str
     run_id: str
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    name: str
-    version: str
-    semver: str
-    env: str
-    run_id: str
-    local_path: Path
-
-
-# --- input rules --------------------------------------------------------------------------------
-def validate_semver(text: object) -> str:
-    """`text` when it is v + a SemVer 2.0 version (v1.4.0, v2.0.0-rc.1+build.7); ValueError otherwise."""
-    if not isinstance(text, str) or not SEMVER_RE.fullmatch(text):
-        shown = repr(text)[:80]
-        raise ValueError(
-            f"{shown} is not a semantic version: write v + MAJOR.MINOR.PATCH, optionally with "
-            "-prerelease and +build (v1.4.0, v2.0.0-rc.1, v0.0.0-dev.3), without leading zeros."
-        )
-    return text
-
-
-def is_dev_semver(semver: str) -> bool:
-    return semver.startswith(DEV_PREFIX)
-
-
-def _checked(step: str, value: object, rule: re.Pattern, what: str, example: str) -> str:
-    if not isinstance(value, str) or not rule.fullmatch(value):
-        raise RegistryError(step, f"{what} {repr(value)[:80]} is not valid: use letters, digits, '.', '_' or '-' (e.g. {example}).")
-    return value
-
-
-def _name(step: str, name: object) -> str:
-    return _checked(step, name, NAME_RE, "The model name", "tiny-llama")
-
-
-def _run_id(step: str, run_id: object) -> str:
-    return _checked(step, run_id, RUN_ID_RE, "The MLflow run id", "the 32 hex digits MLflow shows")
-
-
-def _semver(step: str, semver: object) -> str:
-    try:
-        return validate_semver(semver)
-    except ValueError as exc:
-        raise RegistryError(step, str(exc)) from None
-
-
-def _artifact_path(step: str, path: object) -> str:
-    parts = path.split("/") if isinstance(path, str) else []
-    if not parts or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise RegistryError(step, f"The artifact path {repr(path)[:80]} must be a folder inside the run's artifacts, such as 'model'.")
-    return path
-
-
-def _alias(step: str, alias: object) -> str:
-    alias = _checked(step, alias, ALIAS_RE, "The alias", "production")
-    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
-        raise RegistryError(step, f"The alias {alias!r} is reserved by MLflow; choose another name.")
-    return alias
-
-
-def _refuse_dev_in_prod(step: str, semver: str, what: str) -> None:
-    if settings.GANTRY_ENV == "prod" and is_dev_semver(semver):
-        raise RegistryError(step, f"{what} is {semver}, a development version; GANTRY_ENV=prod never {'deploys' if step == 'resolve' else 'promotes'} {DEV_PREFIX}… versions. Promote a release version through a gate run.")
 
 
 # --- talking to MLflow --------------------------------------------------------------------------
@@ -288,7 +203,7 @@ def _require_model_folder(client: MlflowClient, step: str, run_id: str, artifact
 
 # --- candidates ---------------------------------------------------------------------------------
 def describe_run(run_id: str) -> CandidateRun:
-    run_id = _run_id("fetch", run_id)
+    run_id = check_run_id("fetch", run_id)
     with _talking("fetch"):
         run = _get_run(_client(), "fetch", run_id)
     info, data = run.info, run.data
@@ -297,8 +212,8 @@ def describe_run(run_id: str) -> CandidateRun:
 
 def download_candidate(run_id: str, artifact_path: str, dest: Path) -> Path:
     """The run's model folder, downloaded under `dest`; it must hold config.json."""
-    run_id = _run_id("fetch", run_id)
-    artifact_path = _artifact_path("fetch", artifact_path)
+    run_id = check_run_id("fetch", run_id)
+    artifact_path = check_artifact_path("fetch", artifact_path)
     with _talking("fetch"):
         client = _client()
         _get_run(client, "fetch", run_id)
@@ -317,7 +232,7 @@ def log_candidate(folder: Path, *, experiment: str = "gantry-candidates", artifa
     training pipeline of its own); returns the run id. An experiment Gantry creates on a local
     backend keeps its artifacts under MLFLOW_ARTIFACT_ROOT: MLflow's own default, ./mlruns, is
     relative to whatever directory the process happened to start in."""
-    artifact_path = _artifact_path("fetch", artifact_path)
+    artifact_path = check_artifact_path("fetch", artifact_path)
     if not (Path(folder) / "config.json").is_file():
         raise RegistryError("fetch", f"{folder} is not a model folder: it has no config.json.")
     with _talking("fetch"):
@@ -350,7 +265,7 @@ def _local_artifact_location(experiment: str) -> str:
 def registry_state(name: str) -> dict:
     """What the registry holds for `name`, in a form that compares with ==: a failed gate run must
     leave this exactly as it was."""
-    name = _name("promote", name)
+    name = check_name("promote", name)
     with _talking("promote"):
         client = _client()
         model = _registered_model(client, name)
@@ -414,11 +329,11 @@ def promote(name: str, run_id: str, artifact_path: str, semver: str, *, gate_run
     """Register the candidate as a version of `name`, tagged with the gate run and its evidence, wait
     until MLflow says READY, then move `alias` to it — last, so nothing points at a half-made version.
     Calling it again for the same gate run finishes that run's version instead of making another."""
-    name, run_id = _name("promote", name), _run_id("promote", run_id)
-    artifact_path, semver, alias = _artifact_path("promote", artifact_path), _semver("promote", semver), _alias("promote", alias)
+    name, run_id = check_name("promote", name), check_run_id("promote", run_id)
+    artifact_path, semver, alias = check_artifact_path("promote", artifact_path), check_semver("promote", semver), check_alias("promote", alias)
     if not isinstance(gate_run_id, int) or isinstance(gate_run_id, bool) or gate_run_id < 1:
         raise RegistryError("promote", f"gate_run_id must be a gate run's number; got {gate_run_id!r}.")
-    _refuse_dev_in_prod("promote", semver, "The candidate's semver")
+    refuse_dev_in_prod("promote", semver, "The candidate's semver")
     tags = {GATE_RUN_TAG: str(gate_run_id), ENV_TAG: settings.GANTRY_ENV, SEMVER_TAG: semver, **_evidence_tags(evidence)}
     with _talking("promote"):
         client = _client()
@@ -447,7 +362,7 @@ def promote(name: str, run_id: str, artifact_path: str, semver: str, *, gate_run
 def undo_partial_promotion(name: str, gate_run_id: int) -> str:
     """Crash recovery: the version this gate run registered, if no alias points at it yet, is deleted
     (and the registered model too when this run created it and it is left empty). Says what it did."""
-    name = _name("promote", name)
+    name = check_name("promote", name)
     with _talking("promote"):
         client = _client()
         model = _registered_model(client, name)
@@ -471,8 +386,8 @@ def register_dev(run_id: str, name: str, artifact_path: str, semver: str, *, use
     with the environment and who did it, behind the "dev" alias only. Never in GANTRY_ENV=prod."""
     if settings.GANTRY_ENV == "prod":
         raise RegistryError("dev", "GANTRY_ENV=prod: versions are registered only by a gate run that passed; the dev escape hatch is closed here.")
-    name, run_id, artifact_path = _name("dev", name), _run_id("dev", run_id), _artifact_path("dev", artifact_path)
-    semver = _semver("dev", semver)
+    name, run_id, artifact_path = check_name("dev", name), check_run_id("dev", run_id), check_artifact_path("dev", artifact_path)
+    semver = check_semver("dev", semver)
     if not DEV_SEMVER_RE.fullmatch(semver):
         raise RegistryError("dev", f"{semver} is not a development version: the escape hatch registers only {DEV_PREFIX}… (e.g. v0.0.0-dev.3); anything else goes through a gate run.")
     if not isinstance(user, str) or not user.strip():
@@ -494,16 +409,6 @@ def register_dev(run_id: str, name: str, artifact_path: str, semver: str, *, use
 
 
 # --- resolving models:/ for serving -------------------------------------------------------------
-def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """(name, alias, version) of models:/<name>@<alias> or models:/<name>/<version>."""
-    match = MODELS_URI_RE.fullmatch(uri) if isinstance(uri, str) else None
-    if not match:
-        raise RegistryError("resolve", f"{repr(uri)[:120]} is not a registry model: write models:/<name>@<alias> (models:/tiny-llama@production) or models:/<name>/<version>.")
-    name = _name("resolve", match["name"])
-    alias = _alias("resolve", match["alias"]) if match["alias"] else None
-    return name, alias, match["version"]
-
-
 def resolve_alias(uri: str) -> ResolvedModel:
     """The version `uri` names today, with a local copy of its model folder under GANTRY_REGISTRY_DIR
     (downloaded once; later calls reuse it). In GANTRY_ENV=prod a v0.0.0-dev… version is refused."""
@@ -528,55 +433,17 @@ def resolve_alias(uri: str) -> ResolvedModel:
         if version.status != "READY":
             raise RegistryError("resolve", f"{uri}: version {number} of {name} is {version.status}, not READY.")
         semver = version.tags.get(SEMVER_TAG, "")
-        _refuse_dev_in_prod("resolve", semver, f"{uri} (version {number} of {name})")
+        refuse_dev_in_prod("resolve", semver, f"{uri} (version {number} of {name})")
         marker = {"name": name, "version": str(version.version), "semver": semver, "env": version.tags.get(ENV_TAG, ""),
                   "run_id": version.run_id or "", "source": version.source}
         folder = _local_copy(client, marker)
-    return _resolved(marker, folder)
-
-
-def _resolved(marker: dict, folder: Path) -> ResolvedModel:
-    return ResolvedModel(marker["name"], marker["version"], marker["semver"], marker["env"], marker["run_id"], folder)
-
-
-def _read_marker(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / COPY_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
+    return resolved(marker, folder)
 
 
 def _local_copy(client: MlflowClient, marker: dict) -> Path:
-    final = Path(settings.GANTRY_REGISTRY_DIR) / marker["name"] / marker["version"]
-    if _read_marker(final) == marker:
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    # Downloaded beside its final place and renamed into it, so a reader sees a whole copy or none;
-    # a copy of another run under the same number (the registry was reset) is replaced.
-    work = Path(tempfile.mkdtemp(prefix=f".{marker['version']}.", dir=final.parent))
-    try:
+    def download(dest: Path) -> Path:
         uri = tracking_uri()
         source = client.get_model_version_download_uri(marker["name"], marker["version"])
-        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(work / "download"), tracking_uri=uri, registry_uri=uri))
-        if not (got / "config.json").is_file():
-            holds = ", ".join(sorted(p.name for p in got.iterdir())) if got.is_dir() else "a single file"
-            raise RegistryError("resolve", f"Version {marker['version']} of {marker['name']} is not a model folder: no config.json in {holds}.")
-        (got / COPY_MARKER).write_text(json.dumps(marker, indent=2))
-        if final.exists():
-            if _read_marker(final) == marker:
-                return final  # another process finished the same copy first
-            final.rename(work / "replaced")
-        got.rename(final)
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri, registry_uri=uri))
 
-
-def registered_copy(folder: Path) -> ResolvedModel:
-    """A folder under GANTRY_REGISTRY_DIR named by a stored spec, known from its marker alone — no
-    MLflow call, so re-applying a deployed version does not depend on MLflow being up."""
-    marker = _read_marker(Path(folder))
-    if not marker or Path(folder).name != str(marker.get("version")) or Path(folder).parent.name != marker.get("name"):
-        raise RegistryError("resolve", f"{folder} is not a copy Gantry made of a registry version; name the model as models:/<name>@<alias>.")
-    _refuse_dev_in_prod("resolve", marker.get("semver", ""), f"models:/{marker['name']}/{marker['version']}")
-    return _resolved(marker, Path(folder))
+    return local_copy(marker, download)

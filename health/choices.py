@@ -14,6 +14,9 @@ class Status(models.TextChoices):
 BAD_STATUSES = frozenset({Status.WARN, Status.CRITICAL, Status.UNKNOWN})
 # How bad each status is, for "the worst of" (a disk is as bad as the fuller of bytes and inodes).
 SEVERITY = {Status.OK: 0, Status.UNKNOWN: 1, Status.WARN: 2, Status.CRITICAL: 3}
+# Readings older than this many probe intervals mean the probes stopped: they vouch for nothing
+# (the panel, /metrics and the VRAM fit check all ask it).
+STALE_INTERVALS = 3
 
 
 def worst(*statuses: str) -> str:

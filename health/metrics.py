@@ -12,8 +12,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from health.choices import SEVERITY, Status
 from health.models import GpuSample, HealthCheck
-from health.panel import STALE_INTERVALS
-from serving import engine_metrics
+from health.choices import STALE_INTERVALS
+from serving import engine_gauges
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -46,5 +46,5 @@ def metrics_text() -> bytes:
             if value is not None:
                 gauge.labels(node=sample.node_id, gpu=str(sample.gpu_index)).set(value)
     # Each model's engine figures (TTFT, ITL, tokens/s, queue, KV cache), from serving's samples.
-    engine_metrics.add_to_registry(registry)
+    engine_gauges.add_to_registry(registry)
     return generate_latest(registry)

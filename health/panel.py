@@ -10,7 +10,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from health import xid
-from health.choices import Status, worst
+from health.choices import STALE_INTERVALS, Status, worst
 from health.models import Flip, GpuSample, HealthCheck
 from health.reaping import recent_reaps
 from health.probes import multinode, zombies
@@ -20,8 +20,6 @@ from health.sparkline import Sparkline, sparkline
 
 FLIPS_PER_CHECK = 3
 XIDS_PER_GPU = 5
-# Readings older than this many probe intervals mean the probes stopped: they vouch for nothing.
-STALE_INTERVALS = 3
 
 
 @dataclass

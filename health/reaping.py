@@ -11,7 +11,11 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from dashboard.models import AuditEntry
+from dashboard.queues import task
+from health.node_readings import reap_on_node
 from health.probes.zombies import known_models, replica_holders, replica_pids
+from serving.cluster import get_client
+from serving.shm_sweep import remove_segment_on_node
 
 REAP_PROCESS = "health.reap_process"
 REMOVE_SEGMENT = "health.remove_shm_segment"
@@ -19,36 +23,28 @@ ACTIONS = (REAP_PROCESS, REMOVE_SEGMENT)
 
 
 def request_reap(user, node_id: str, zombie: dict) -> None:
-    from health.tasks import reap_zombie
-
-    transaction.on_commit(lambda: reap_zombie.delay(node_id, zombie["pid"], zombie["started"], user.pk))
+    transaction.on_commit(lambda: task("health.tasks.reap_zombie").delay(node_id, zombie["pid"], zombie["started"], user.pk))
 
 
 def request_segment_removal(user, node_id: str, segment: dict) -> None:
-    from health.tasks import remove_segment
-
-    transaction.on_commit(lambda: remove_segment.delay(node_id, segment["name"], user.pk))
+    transaction.on_commit(lambda: task("health.tasks.remove_segment").delay(node_id, segment["name"], user.pk))
 
 
 def reap(node_id: str, pid: int, started: int, user_id: int | None) -> AuditEntry:
     """Kill `pid` on `node_id` unless it is (a process of) a live replica or no longer the same
     process; the replicas are read from Ray now, not taken from the probe's older reading."""
-    from serving.client import get_client
-
     client = get_client()
     try:
         holders = replica_holders(client.serve_actors(), known_models())
-        outcome = client.reap_on_node(node_id, pid, started, replica_pids(node_id, holders))
+        outcome = reap_on_node(client, node_id, pid, started, replica_pids(node_id, holders))
     except Exception as exc:  # noqa: BLE001 — an attempt that could not run is audited too, with why
         outcome = {"outcome": "failed", "reason": f"the node could not be asked: {type(exc).__name__}: {exc}"}
     return _audit(user_id, REAP_PROCESS, f"PID {pid} on node {node_id}", outcome)
 
 
 def remove_segment(node_id: str, name: str, user_id: int | None) -> AuditEntry:
-    from serving.client import get_client
-
     try:
-        removed = get_client().remove_segment_on_node(node_id, name)
+        removed = remove_segment_on_node(get_client(), node_id, name)
         outcome = (
             {"outcome": "done", "reason": f"{name} removed ({removed[0]['resident_bytes']} bytes of RAM freed)"}
             if removed

@@ -2,7 +2,7 @@
 from celery import shared_task
 
 from health.alerts import deliver_alerts
-from health.probes import all_probes, run_cycle
+from health.cycle import all_probes, run_cycle
 
 
 @shared_task

@@ -16,10 +16,10 @@ from dashboard.api import json_error
 from dashboard.roles import is_admin
 from serving import deployments, snapshot
 from serving.choices import State
-from serving.client import ROUTER_APP
+from serving.cluster.serve import ROUTER_APP
 from serving.models import IllegalTransition, ServeEvent, ServeModel
 from serving.serializers import event_json, model_json, openai_base_url, resolved_spec_yaml, revision_json
-from serving.spec import SpecError, shown
+from serving.spec.errors import SpecError, shown
 
 EVENTS_PAGE = 50
 LIST_PAGE, MAX_LIST_PAGE = 100, 500

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from dashboard.models import AuditEntry
+from dashboard.queues import task
 from serving.choices import EventKind, State
 from serving.engine import current_engine
 from serving.models import ServeModel, ServeRevision
@@ -38,11 +39,9 @@ def _locked(rows):
 
 
 def reconcile_soon() -> None:
-    from serving.tasks import reconcile
-
     # Robust: the change is committed by then, so a broker that is down must not turn it into a 500
     # (Django logs the error); beat's periodic reconcile applies it once the broker is back.
-    transaction.on_commit(reconcile.delay, robust=True)
+    transaction.on_commit(lambda: task("serving.tasks.reconcile").delay(), robust=True)
 
 
 def _requeue_or_log(model: ServeModel, kind: str, message: str, actor) -> None:
@@ -122,7 +121,7 @@ def scale(model: ServeModel, num_replicas, actor) -> ServeModel:
 def set_autoscaling(model: ServeModel, bounds, actor) -> ServeModel:
     """Change the bounds or the target Serve's autoscaler keeps to (a partial mapping keeps the rest
     as they are), or start autoscaling a model that had a fixed count. Applied in place: the model's
-    replicas keep running (serving/client.py, _apply_autoscaled)."""
+    replicas keep running (serving/cluster/ray_serve.py, _apply_autoscaled)."""
     if not isinstance(bounds, dict):
         names = "min_replicas, max_replicas, target_ongoing_requests, upscale_delay_s, downscale_delay_s"
         raise SpecError(422, "invalid_spec", f"autoscaling must be a mapping of {names}.", "autoscaling")
@@ -231,7 +230,7 @@ def managed_root():
     """The folder of models Gantry fetched for itself (gate runs' candidates): served without the
     user path jail, since no user can write there, and a spec can never name it (only Gantry's
     own submit_for_gantry deploys from it). Registry versions have their own folder and rules
-    (GANTRY_REGISTRY_DIR, serving/spec.py)."""
+    (GANTRY_REGISTRY_DIR, serving/spec/paths.py)."""
     from pathlib import Path
 
     from django.conf import settings

@@ -12,7 +12,10 @@ from django.utils import timezone
 from serving import deployments
 from serving.engine import current_engine
 from serving.models import ServeModel
-from serving.spec import ENGINE_KWARGS_ALLOWED, MAX_GPUS_PER_REPLICA, MAX_REPLICAS, ResolvedSpec, Roots, SpecError, YamlRefused, load_yaml, parse_spec_yaml, resolve_spec, shown, validate_spec, yaml_error_place, yaml_error_problem
+from serving.spec.errors import SpecError, shown
+from serving.spec.parsing import YamlRefused, load_yaml, parse_spec_yaml, yaml_error_place, yaml_error_problem
+from serving.spec.paths import ResolvedSpec, Roots, resolve_spec
+from serving.spec.validation import ENGINE_KWARGS_ALLOWED, MAX_GPUS_PER_REPLICA, MAX_REPLICAS, validate_spec
 
 # Deploys the demo model as is (it lives at <GANTRY_HF_ROOT>/tiny-llama), so a first deploy needs no editing.
 EXAMPLE_SPEC = """\

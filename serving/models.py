@@ -9,6 +9,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from serving.choices import ALLOWED_MOVES, LIVE_STATES, TERMINAL_STATES, EventKind, State
+from serving.engine_figures import EngineReading, figures
 
 
 class ModelChanged(Exception):
@@ -310,7 +311,7 @@ class AppSnapshot(models.Model):
 
 
 class VramObservation(models.Model):
-    """Estimate vs actual for one deploy on GPUs: what serving/vram_fit.py says a replica holds per
+    """Estimate vs actual for one deploy on GPUs: what serving/vram_fit/ says a replica holds per
     GPU beside what NVML saw its processes hold once it was RUNNING, so the estimate's accuracy is
     measured, not claimed. One row per generation: vLLM allocates its weights, KV cache and CUDA
     graphs while starting, so the first reading after RUNNING is the one that counts."""
@@ -340,7 +341,7 @@ class VramObservation(models.Model):
 
     @property
     def figures(self) -> dict[str, str]:
-        from serving.vram_fit import gib
+        from serving.vram_fit.estimation import gib
 
         return {name: gib(getattr(self, f"{name}_bytes")) for name in ("estimated", "need", "measured", "gpu_total")}
 
@@ -351,7 +352,9 @@ class VramObservation(models.Model):
         `nodes` (health/probes/gpu.py's read_node shape). None when there is nothing to compare: CPU
         replicas, no figure for those processes (NVML in a container may not see PIDs), or a folder the
         estimate cannot read. The first observation of a generation stays."""
-        from serving.vram_fit import VramEstimateError, estimate, measure
+        from serving.vram_fit.checkpoint import VramEstimateError
+        from serving.vram_fit.estimation import estimate
+        from serving.vram_fit.report import measure
 
         spec = model.resolved_spec
         gpus = int(spec.get("gpus_per_replica", 0))
@@ -437,9 +440,7 @@ class EngineMetricSample(models.Model):
     def __str__(self) -> str:
         return f"{self.model_key} at {self.at:%H:%M:%S}"
 
-    def engines(self) -> list:
-        from serving.engine_metrics import EngineReading
-
+    def engines(self) -> list[EngineReading]:
         return [EngineReading.from_dict(self.model_key, data) for data in self.series]
 
     @classmethod
@@ -448,8 +449,6 @@ class EngineMetricSample(models.Model):
         sample at least GANTRY_ENGINE_METRICS_WINDOW_S old (the oldest one when none is that old
         yet); no rates when the only earlier ones are from much longer ago (a scrape gap)."""
         from datetime import timedelta
-
-        from serving.engine_metrics import figures
 
         window = timedelta(seconds=settings.GANTRY_ENGINE_METRICS_WINDOW_S)
         earlier_rows = cls.objects.filter(model=model, at__lt=at)

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of /api/v2 (served at /api/v2/openapi.json)."""
 from __future__ import annotations
 
-from serving.spec import ENGINE_KWARGS_ALLOWED
+from serving.spec.validation import ENGINE_KWARGS_ALLOWED
 
 
 def _error(description: str) -> dict:

@@ -12,9 +12,9 @@ open, which also covers processes /proc does not show us), and it is older than 
 that one being created right now is never touched. Unlinking one still in use would not break its
 holders, but a reader attaching by name later would fail: hence the checks.
 
-Pure standard library, no Ray and no Django: serving/client.py ships this module by value to every
-Ray node and runs `sweep` there (the Celery worker is not a Ray node), and the tests run it on real
-files.
+Pure standard library, no Ray and no Django: the cluster adapter ships this module by value to every
+Ray node and runs `sweep` there (serving/shm_sweep.py; the Celery worker is not a Ray node), and the
+tests run it on real files.
 """
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ class Segment:
     resident_bytes: int  # the RAM it really holds (tmpfs pages written: st_blocks × 512)
     age_s: float  # since it was last written (mtime: ftruncate and write set it when it is made)
 
+    def as_dict(self) -> dict:
+        """The plain dict a Ray task on a node sends back to the driver: name, bytes (apparent),
+        resident_bytes, age_s."""
+        return {"name": self.name, "bytes": self.apparent_bytes, "resident_bytes": self.resident_bytes, "age_s": self.age_s}
+
 
 def find_orphan_segments(
     shm_dir: str | os.PathLike = SHM_DIR, now: float | None = None, grace_s: float = GRACE_S, prefix: str = PREFIX
@@ -63,12 +68,8 @@ def remove_orphans(
 
 
 def sweep(shm_dir: str = SHM_DIR, grace_s: float = GRACE_S) -> list[dict]:
-    """remove_orphans now, as the plain dicts a Ray task on a node sends back to the driver:
-    name, bytes (apparent), resident_bytes, age_s."""
-    return [
-        {"name": s.name, "bytes": s.apparent_bytes, "resident_bytes": s.resident_bytes, "age_s": s.age_s}
-        for s in remove_orphans(shm_dir, grace_s=grace_s)
-    ]
+    """remove_orphans now, as the plain dicts a Ray task on a node sends back (Segment.as_dict)."""
+    return [s.as_dict() for s in remove_orphans(shm_dir, grace_s=grace_s)]
 
 
 def _each_orphan(folder: Path, now: float | None, grace_s: float, prefix: str) -> Iterator[tuple[Segment, Path]]:

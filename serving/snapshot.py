@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from serving.client import AppStatus, ClusterResources, DeploymentStatus
+from serving.cluster.serve import AppStatus, ClusterResources, DeploymentStatus
 from serving.models import AppSnapshot, ClusterSnapshot
 
 

@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 def reconcile(followup: bool = False) -> dict:
     """One reconcile tick. Beat runs it on a timer; every change enqueues it on commit; while a model
     is DEPLOYING or DELETING it schedules itself again within about a second."""
-    from serving.client import get_client
-    from serving.reconciler import claim_followup, followup_due
+    from serving.cluster import get_client
+    from serving.lease import claim_followup
+    from serving.reconciler import followup_due
     from serving.reconciler import reconcile as run
 
     report = run(get_client(), ask_rerun=not followup, followup=followup)
@@ -35,19 +36,20 @@ def reconcile(followup: bool = False) -> dict:
 
 @shared_task
 def observe_vram(model_id: int, generation: int) -> dict:
-    """Record a GPU model's estimated vs NVML-measured memory once it runs (serving/vram_fit.py):
+    """Record a GPU model's estimated vs NVML-measured memory once it runs (serving/vram_fit/):
     the estimate's accuracy is measured deploy after deploy, not claimed."""
+    from health.node_readings import node_gpus, node_processes
     from serving.choices import State
-    from serving.client import get_client
+    from serving.cluster import get_client
     from serving.models import ServeModel, VramObservation
-    from serving.vram_fit import replica_processes
+    from serving.vram_fit.report import replica_processes
 
     model = ServeModel.objects.filter(pk=model_id, generation=generation, state=State.RUNNING).first()
     if model is None:
         return {"model": model_id, "observed": False, "why": "no longer running this generation"}
     client = get_client()
-    replicas = replica_processes(model.model_key, client.serve_actors(), client.node_processes())
-    observation = VramObservation.record(model, client.node_gpus(), replicas)
+    replicas = replica_processes(model.model_key, client.serve_actors(), node_processes(client))
+    observation = VramObservation.record(model, node_gpus(client), replicas)
     return {"model": model_id, "observed": observation is not None}
 
 
@@ -57,6 +59,6 @@ def scrape_engine_metrics() -> dict:
     (serving/engine_metrics.py). Beat runs it every GANTRY_ENGINE_METRICS_INTERVAL_S on the health
     queue; a run that started late is dropped (expires), since the next one reads fresher anyway."""
     from serving import engine_metrics
-    from serving.client import get_client
+    from serving.cluster import get_client
 
     return engine_metrics.scrape(get_client())

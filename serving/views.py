@@ -21,12 +21,12 @@ from django.views.decorators.vary import vary_on_headers
 from dashboard.roles import is_admin
 from gates import preflights
 from health.readiness import deploy_readiness
-from serving import deployments, engine_metrics
+from serving import deployments, snapshot
 from serving.choices import EventKind, State
-from serving import snapshot
-from serving.client import ROUTER_APP, AppStatus
+from serving.cluster.serve import ROUTER_APP, AppStatus
 from serving.engine import current_engine
 from serving.forms import AutoscaleForm, NewModelForm, Preview, ScaleForm
+from serving.live_metrics import live_view
 from serving.models import ServeEvent, ServeModel, ServeRevision
 from serving.serializers import openai_base_url
 from serving.spec import Roots, SpecError
@@ -145,7 +145,7 @@ def _render_new(request: HttpRequest, form: NewModelForm, *, preview: Preview | 
         "preview": preview,
         # Multi-node readiness (health's probe) beside the GPU count, for a deploy that may span nodes.
         "readiness": deploy_readiness(preview.resolved.gpus_per_replica) if preview else None,
-        # The memory a replica needs against each GPU's free memory (serving/vram_fit.py).
+        # The memory a replica needs against each GPU's free memory (serving/vram_fit/).
         "vram": preflights.vram_preview(preview.resolved.as_dict(), current_engine()) if preview else None,
         "roots": roots,
         "user_root": user_root,
@@ -242,7 +242,7 @@ def _page_context(
         "user_is_owner": model.owner_id == request.user.pk,
         "vram_observations": model.vram_observations.all()[:10],
         "registry_version": deployments.registry_version(model),
-        "engine_metrics": engine_metrics.live_view(model),
+        "engine_metrics": live_view(model),
     }
 
 

@@ -33,7 +33,7 @@ def preflight_at_once(monkeypatch):
     from gates import preflights
 
     def run_now(run):
-        from serving.client import get_client
+        from serving.cluster import get_client
 
         preflights.run_for_deploy(run.pk, get_client())
 

@@ -3,7 +3,7 @@
 Validated like the rest of the spec — unknown keys refused, each value checked, the error naming
 its field — and stored as the user wrote it (normalized); the installation's defaults from
 settings fill what it leaves out when a preflight runs, so changing a default applies to every
-model's next run. Pure Python: serving/spec.py calls it, and it imports nothing of serving.
+model's next run. Pure Python: serving/spec/validation.py calls it, and it imports nothing of serving.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """What a machine has installed, as the preflight guards compare it: package versions, the CUDA torch
 was built with, and the NVIDIA driver (health/probes/gpu.py).
 
-Runs on every Ray node (serving/client.py ships it by value with node_runtimes()) and in the CLI, so
-it needs neither Django nor torch: importing torch takes seconds and a GPU build of it may not even
-import on a node with a broken driver, which is exactly the node the CUDA probe has to describe.
+Runs on every Ray node (gates/node_runtimes.py ships it by value through the cluster adapter) and in
+the CLI, so it needs neither Django nor torch: importing torch takes seconds and a GPU build of it
+may not even import on a node with a broken driver, which is exactly the node the CUDA probe has to
+describe.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""VRAM fit: does one replica's memory need (serving/vram_fit.py) fit the GPUs' free memory?
+"""VRAM fit: does one replica's memory need (serving/vram_fit/estimation.py) fit the GPUs' free memory?
 
 The need is read from the model folder; the free memory is the health probe's newest NVML reading of
 every node's GPUs, which gates/preflights.py hands in (this guard, like the others, asks nothing of
@@ -16,7 +16,9 @@ import math
 from dataclasses import dataclass, field
 
 from gates.preflight.base import FAIL, OK, WARN, Evidence, GuardResult, PreflightContext
-from serving.vram_fit import FitReport, VramEstimateError, estimate, fit, gib
+from serving.vram_fit.checkpoint import VramEstimateError
+from serving.vram_fit.estimation import estimate, gib
+from serving.vram_fit.report import FitReport, fit
 
 GUARD, TITLE = "vram", "VRAM fit"
 

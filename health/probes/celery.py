@@ -11,7 +11,7 @@ import redis
 from django.conf import settings
 
 from health.choices import Status
-from health.probes import Probe, Reading
+from health.probes.base import Probe, Reading
 
 PING_TIMEOUT_S = 1
 SENT_AT_HEADER = "gantry_sent_at"

@@ -8,7 +8,7 @@ from pathlib import Path
 from django.conf import settings
 
 from health.choices import Status, worst
-from health.probes import Probe, Reading
+from health.probes.base import Probe, Reading
 
 WARN_PERCENT, CRITICAL_PERCENT = 80, 95
 RAY_TEMP_DIR = Path("/tmp/ray")

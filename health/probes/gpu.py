@@ -1,16 +1,20 @@
 """NVIDIA GPUs through NVML (nvidia-ml-py): the one module of Gantry that imports pynvml.
 
-It runs inside Ray's worker processes on every node (shipped by value from serving/client.py, so the
-nodes need none of Gantry's code), where Django is not set up: it imports nothing of Django's or
-Gantry's. Every reading happens between one nvmlInit and its nvmlShutdown and never raises: a
-machine without a GPU or driver is a reading too, with its reason in words in `error`.
+It runs inside Ray's worker processes on every node (health/node_readings.py ships it by value
+through the cluster adapter, so the nodes need none of Gantry's code), where Django is not set up:
+it imports nothing of Django's or Gantry's. Every reading happens between one nvmlInit and its
+nvmlShutdown and never raises: a machine without a GPU or driver is a reading too, with its reason
+in words in `error`.
 
 `read_node` is what the GPU probe runs on each node: the driver, every GPU's figures, and the XID
 critical errors NVML sends during a short listen (NVML has no XID history, only live events).
 `read_node_processes` is the zombies probe's reading: each GPU's processes with what only the node
 can tell about a PID (alive, start time, command line, parents), and `reap_process` ends one of
 them there after checking it is still that process. `read_node_readiness` is the multi-node
-readiness reading (seed 003 MN1-MN4): fabric manager, NCCL settings, data-plane MTU.
+readiness reading (seed 003 MN1-MN4): fabric manager, NCCL settings, data-plane MTU. They stay one
+module, a little over 500 lines, because it is shipped to the nodes by value as one module object:
+a part moved out (readiness needs no NVML) would have to be shipped beside it, or the nodes would
+look for Gantry's code.
 
 Each function takes the NVML module as `nvml` (pynvml when None), so a test on a machine without a
 GPU can hand in a stand-in that behaves like pynvml.

@@ -1,4 +1,4 @@
-"""GPU: every GPU of every alive node, read on its node (ServeClient.node_gpus, which runs
+"""GPU: every GPU of every alive node, read on its node (health/node_readings.py node_gpus, which runs
 health/probes/gpu.py there), as one check per GPU ("gpu:<node id>:<index>") and one GpuSample per
 GPU per cycle. It runs in the worker, never in the web process.
 
@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from health import xid
 from health.choices import Status, worst
-from health.probes import Probe, Reading, ask_cluster
+from health.node_readings import node_gpus
+from health.probes.base import Probe, Reading, ask_cluster
 
 CLUSTER_CHECK = "gpu:cluster"
 KIND = "gpu"
@@ -30,7 +31,7 @@ def check_name(node_id: str, index: int) -> str:
 
 def fetch_nodes() -> tuple[str, str, dict]:
     """Off the cycle's thread: ask every node for its GPUs (the slow part, over Ray)."""
-    return ask_cluster("no GPU was read", lambda client: {"nodes": client.node_gpus()})
+    return ask_cluster("no GPU was read", lambda client: {"nodes": node_gpus(client)})
 
 
 def assess_gpu(gpu: dict) -> Reading:

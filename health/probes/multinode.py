@@ -1,5 +1,5 @@
 """Multi-node readiness (seed 003 MN1-MN4): what must hold on every node before one replica's NCCL
-group spans several, each read on its node by the agent (ServeClient.node_readiness:
+group spans several, each read on its node by the agent (health/node_readings.py node_readiness:
 health/probes/gpu.py read_node_readiness) and compared here.
 
 - multinode:fabric-manager — on NVSwitch machines nv-fabricmanager runs and matches the driver (MN1:
@@ -16,7 +16,8 @@ from __future__ import annotations
 from django.db import transaction
 
 from health.choices import Status, worst
-from health.probes import Probe, Reading, ask_cluster
+from health.node_readings import node_readiness
+from health.probes.base import Probe, Reading, ask_cluster
 
 KIND = "multinode"
 CLUSTER_CHECK = "multinode:cluster"
@@ -25,7 +26,7 @@ UNSET = "(unset)"
 
 
 def fetch_readiness() -> tuple[str, str, dict]:
-    return ask_cluster("no node's readiness was read", lambda client: {"nodes": client.node_readiness()})
+    return ask_cluster("no node's readiness was read", lambda client: {"nodes": node_readiness(client)})
 
 
 def node_label(node: dict) -> str:

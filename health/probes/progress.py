@@ -6,7 +6,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from health.choices import Status
-from health.probes import Probe, Reading
+from health.probes.base import Probe, Reading
 from serving.models import ClusterSnapshot
 
 STALE_INTERVALS = 3

@@ -4,8 +4,8 @@ snapshot is said as such rather than read as health."""
 from __future__ import annotations
 
 from health.choices import Status
-from health.probes import Probe, Reading
-from serving.client import ROUTER_APP
+from health.probes.base import Probe, Reading
+from serving.cluster.serve import ROUTER_APP
 from serving.snapshot import cluster_view
 
 BAD_APP_STATES = ("DEPLOY_FAILED", "UNHEALTHY")

@@ -5,9 +5,10 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from dashboard.readiness import check_tcp, ray_gcs_endpoint
+from dashboard.readiness import check_tcp
+from serving.cluster.address import ray_gcs_endpoint
 from health.choices import Status
-from health.probes import Probe, Reading
+from health.probes.base import Probe, Reading
 
 Endpoint = tuple[str, int]
 

@@ -2,7 +2,7 @@
 model Gantry knows; and /dev/shm segments no process holds (seed 003: VRAM held by dead processes).
 
 Each node reads its own GPU processes and what only it can tell about their PIDs (alive, start time,
-parents) and its orphan segments (ServeClient.node_processes: health/probes/gpu.py and
+parents) and its orphan segments (health/node_readings.py node_processes: health/probes/gpu.py and
 serving/shm.py on the node). Here they are crossed with Ray's alive actors — a Serve replica is an
 actor of class ServeReplica:<app>:<deployment>, and the engine's own workers share its placement
 group or descend from its PID — and with Gantry's models. One check per node ("zombies:<node id>"),
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from health.choices import Status
-from health.probes import Probe, Reading, ask_cluster
+from health.node_readings import node_processes
+from health.probes.base import Probe, Reading, ask_cluster
 
 CLUSTER_CHECK = "zombies:cluster"
 KIND = "zombies"
@@ -37,7 +38,7 @@ class Holder:
 
 def fetch_processes() -> tuple[str, str, dict]:
     """Off the cycle's thread: every node's GPU processes and segments, and Ray's alive actors."""
-    return ask_cluster("no node's processes were read", lambda client: {"nodes": client.node_processes(), "actors": client.serve_actors()})
+    return ask_cluster("no node's processes were read", lambda client: {"nodes": node_processes(client), "actors": client.serve_actors()})
 
 
 def known_models() -> dict[str, str]:
@@ -51,7 +52,7 @@ def known_models() -> dict[str, str]:
 def replica_holders(actors: list[dict], models: dict[str, str]) -> dict[tuple[str, int], Holder]:
     """(node id, PID) -> Holder for every Serve replica's worker and every actor that shares a
     replica's placement group (vLLM's workers for a replica spanning GPUs or nodes)."""
-    from serving.client import ROUTER_APP
+    from serving.cluster.serve import ROUTER_APP
 
     holders: dict[tuple[str, int], Holder] = {}
     by_group: dict[str, Holder] = {}

@@ -17,7 +17,7 @@ from playwright.sync_api import expect
 
 from serving import deployments
 from serving.choices import State
-from serving.client import get_client
+from serving.cluster import get_client
 from serving.models import ServeModel
 from serving.reconciler import reconcile
 from tests.conftest import login_in_browser
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(trans
 
 @pytest.fixture
 def real_gantry(ray_head, tiny_model, settings, tmp_path, monkeypatch):
-    settings.GANTRY_SERVE_CLIENT = "serving.client.RayServeClient"
+    settings.GANTRY_SERVE_CLIENT = "serving.cluster.RayServeClient"
     settings.GANTRY_ENGINE = "cpu"
     settings.GANTRY_HF_ROOT = tiny_model.parent
     settings.GANTRY_USERS_ROOT = tmp_path / "users"

@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from serving.client import RayServeClient
+from serving.cluster import RayServeClient
 
 # Below GANTRY_SERVE_CALL_TIMEOUT_S (the cluster fixture sets 45 s): a pause that outlived the
 # call's bound would be a timeout, not a crash.

@@ -40,6 +40,6 @@ def node(node_id: str = "a" * 56, gpus: list[dict] | None = None, *, address: st
 
 def gpu_cycle():
     """One probe cycle of the GPU probe alone, as beat runs it."""
-    from health.probes import all_probes, run_cycle
+    from health.cycle import all_probes, run_cycle
 
     return run_cycle([probe for probe in all_probes() if probe.kind == "gpu"])

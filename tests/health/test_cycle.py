@@ -9,7 +9,8 @@ import pytest
 
 from health.choices import Status
 from health.models import HealthCheck
-from health.probes import Probe, all_probes, run_cycle
+from health.cycle import all_probes, run_cycle
+from health.probes.base import Probe
 
 pytestmark = pytest.mark.django_db
 

@@ -6,7 +6,8 @@ import pytest
 
 from health.choices import Status
 from health.models import GpuSample, HealthCheck
-from health.probes import all_probes, gpu_probe
+from health.cycle import all_probes
+from health.probes import gpu_probe
 from tests.health.gpu_readings import gpu, gpu_cycle as cycle, node
 
 pytestmark = pytest.mark.django_db

@@ -10,7 +10,7 @@ from django.utils import timezone
 from health.choices import Status
 from health.probes import serve
 from serving import snapshot
-from serving.client import ROUTER_APP, AppStatus, ClusterResources, DeploymentStatus
+from serving.cluster.serve import ROUTER_APP, AppStatus, ClusterResources, DeploymentStatus
 
 pytestmark = pytest.mark.django_db
 

@@ -8,7 +8,8 @@ from django.utils import timezone
 
 from health.choices import Status
 from health.models import HealthCheck
-from health.probes import multinode, run_cycle
+from health.cycle import run_cycle
+from health.probes import multinode
 
 pytestmark = pytest.mark.django_db
 
@@ -99,7 +100,7 @@ def test_the_panel_has_a_multi_node_readiness_card_with_each_nodes_values(admin_
 def gpu_nodes(settings):
     """The reconciler's snapshot of a cluster with two GPU nodes of 4 GPUs."""
     from serving import snapshot
-    from serving.client import ClusterResources
+    from serving.cluster.serve import ClusterResources
 
     settings.GANTRY_ENGINE = "gpu"
     nodes = tuple({"node_id": n * 56, "address": f"10.0.0.{i}", "gpus": 4.0, "free_gpus": 4.0} for i, n in enumerate("ab", 1))
@@ -142,7 +143,7 @@ def test_a_replica_wider_than_any_node_is_told_it_spans_nodes(alice_client, fake
 
 def test_a_one_node_cluster_preview_says_nothing_about_it(alice_client, fake, settings, tiny_folder):
     from serving import snapshot
-    from serving.client import ClusterResources
+    from serving.cluster.serve import ClusterResources
 
     settings.GANTRY_ENGINE = "gpu"
     snapshot.record({}, ClusterResources(4, 4, 16, 16, ({"node_id": "a" * 56, "gpus": 4.0, "free_gpus": 4.0},)), "gpu", timezone.now())

@@ -12,7 +12,8 @@ from django.test import Client
 from dashboard.models import AuditEntry
 from health.choices import Status
 from health.models import HealthCheck
-from health.probes import gpu, run_cycle, zombies
+from health.cycle import run_cycle
+from health.probes import gpu, zombies
 from health.reaping import reap
 from serving.models import ServeModel
 from tests.serving.factories import bulk_models

@@ -19,7 +19,8 @@ import pytest
 
 from dashboard.models import AuditEntry
 from health.models import HealthCheck
-from health.probes import gpu, run_cycle, zombies
+from health.cycle import run_cycle
+from health.probes import gpu, zombies
 from health.reaping import reap
 from tests.health import test_gpu_nvml
 from tests.serving.factories import bulk_models
@@ -37,7 +38,7 @@ def replica(ray_head):
     import ray
     from ray import serve
 
-    from serving.client import RayServeClient
+    from serving.cluster import RayServeClient
 
     RayServeClient()._connect()
     serve.start(http_options={"host": "127.0.0.1", "port": ray_head.serve_port})
@@ -62,7 +63,7 @@ def replica(ray_head):
 
 @pytest.fixture
 def gantry(replica, alice, admin, settings):
-    settings.GANTRY_SERVE_CLIENT = "serving.client.RayServeClient"
+    settings.GANTRY_SERVE_CLIENT = "serving.cluster.RayServeClient"
     settings.GANTRY_HEALTH_GRACE_READINGS = 1
     bulk_models(alice, 1, states=("RUNNING",))
     return replica

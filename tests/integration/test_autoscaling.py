@@ -14,7 +14,7 @@ import time
 import pytest
 
 from serving.choices import EventKind, State
-from serving.client import get_client
+from serving.cluster import get_client
 from serving.models import ServeEvent, ServeModel
 from serving.reconciler import reconcile
 from tests.integration.test_serving_end_to_end import Api, drive, suffix

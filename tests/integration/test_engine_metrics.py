@@ -36,8 +36,9 @@ import pytest
 
 from serving import tasks
 from serving.choices import State
-from serving.client import get_client
-from serving.engine_metrics import parse_export, read_endpoint
+from serving.cluster import get_client
+from serving.engine_export import parse_export
+from serving.engine_metrics import read_endpoint
 from serving.models import EngineMetricSample
 from tests.integration.test_serving_end_to_end import Api, drive, suffix
 from tests.ray_cluster import listed_models, router_url

@@ -30,7 +30,7 @@ from gates import baselines, evalsets, gate_runs, registry
 from gates.models import GateRun, GateRunState, Step, StepStatus
 from serving import deployments
 from serving.choices import State
-from serving.client import get_client
+from serving.cluster import get_client
 from serving.reconciler import reconcile
 from serving.serializers import openai_base_url
 from tests.gates.mlflow_fixtures import _healthy, _start_server, _stop

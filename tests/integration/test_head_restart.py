@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from serving.choices import EventKind, State
-from serving.client import get_client
+from serving.cluster import get_client
 from serving.models import ServeEvent, ServeModel
 from serving.reconciler import reconcile
 from tests.integration.test_serving_end_to_end import Api, spec, suffix
@@ -61,7 +61,7 @@ def own_head():
 
 @pytest.fixture
 def gantry(own_head, tiny_model, settings, tmp_path):
-    settings.GANTRY_SERVE_CLIENT = "serving.client.RayServeClient"
+    settings.GANTRY_SERVE_CLIENT = "serving.cluster.RayServeClient"
     settings.GANTRY_ENGINE = "cpu"
     settings.GANTRY_HF_ROOT = tiny_model.parent
     settings.GANTRY_USERS_ROOT = tmp_path / "users"

@@ -18,7 +18,8 @@ from django.conf import settings as django_settings
 
 from health.choices import Status
 from health.models import HealthCheck
-from health.probes import multinode, run_cycle
+from health.cycle import run_cycle
+from health.probes import multinode
 from tests.ray_cluster import RAY, RayHead, free_port, process_tree, stop_tree, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
@@ -83,8 +84,8 @@ def cluster():
         head.wait_until_up()
         django_settings.RAY_ADDRESS = head.address
         django_settings.RAY_DASHBOARD_URL = head.dashboard_url
-        django_settings.GANTRY_SERVE_CLIENT = "serving.client.RayServeClient"
-        from serving.client import RayServeClient
+        django_settings.GANTRY_SERVE_CLIENT = "serving.cluster.RayServeClient"
+        from serving.cluster import RayServeClient
 
         RayServeClient()._connect()
         nodes.append(SecondNode(head, OTHER_ENV))

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
+from health.node_readings import node_gpus
 from health.probes import gpu
-from serving.client import RayServeClient
+from serving.cluster import RayServeClient
 from serving.engine import _nvidia_gpu_present
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def alive_nodes() -> dict[str, str]:
 
 
 def test_every_alive_node_reports_its_gpus_with_its_address(client, ray_head):
-    readings = client.node_gpus()
+    readings = node_gpus(client)
     print("node_gpus():", readings)
 
     assert {r["node_id"]: r["address"] for r in readings} == alive_nodes()
@@ -45,7 +46,7 @@ def test_a_node_whose_reading_fails_is_listed_with_the_reason(client, ray_head, 
 
     monkeypatch.setattr(gpu, "read_node", read_node)
 
-    (reading,) = client.node_gpus()
+    (reading,) = node_gpus(client)
 
     assert reading["error"].startswith("reading the node's GPUs failed: RuntimeError: NVML exploded on")
     assert reading["gpus"] == [] and reading["address"] == next(iter(alive_nodes().values()))
@@ -62,7 +63,7 @@ def test_a_node_that_does_not_answer_in_time_is_listed_and_not_waited_for(client
     settings.GANTRY_HEALTH_PROBE_TIMEOUT_S = 2  # node_gpus waits 80 % of it
 
     started = time.monotonic()
-    (reading,) = client.node_gpus()
+    (reading,) = node_gpus(client)
 
     assert time.monotonic() - started < 20
     assert reading["error"] == "the node did not report its GPUs (no answer within 1.6 s); it may be overloaded or unreachable"

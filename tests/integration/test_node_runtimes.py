@@ -7,9 +7,11 @@ import time
 
 import pytest
 
+from gates import node_runtimes as node_runtimes_module
+from gates.node_runtimes import node_runtimes
 from gates.preflight import runtime
 from gates.preflight.base import NodeRuntime
-from serving.client import RayServeClient
+from serving.cluster import RayServeClient
 from tests.ray_cluster import wait_for
 
 pytestmark = pytest.mark.slow
@@ -27,7 +29,7 @@ def alive_nodes() -> list[str]:
 
 
 def test_every_alive_node_reports_what_it_has_installed(client, ray_head):
-    readings = client.node_runtimes()
+    readings = node_runtimes(client)
     print("node_runtimes():", readings)
 
     assert [r["node_id"] for r in readings] == alive_nodes()
@@ -42,7 +44,7 @@ def test_every_alive_node_reports_what_it_has_installed(client, ray_head):
 def test_the_reading_is_taken_by_a_task_on_each_node(client, ray_head):
     from ray.util.state import list_tasks
 
-    client.node_runtimes()
+    node_runtimes(client)
 
     def finished_on() -> set[str]:
         tasks = list_tasks(address=ray_head.dashboard_url, filters=[("name", "=", "gantry-node-runtime")], detail=True, raise_on_missing_output=False)
@@ -58,7 +60,7 @@ def test_a_node_whose_reading_fails_is_listed_with_the_reason(client, ray_head, 
 
     monkeypatch.setattr(runtime, "read_node", read_node)
 
-    (reading,) = client.node_runtimes()
+    (reading,) = node_runtimes(client)
 
     assert reading["error"].startswith("reading the node's runtime failed: RuntimeError: no package metadata on")
     assert reading["packages"] == {} and reading["nvml_error"] == reading["error"]
@@ -73,10 +75,10 @@ def test_a_node_that_does_not_answer_in_time_is_listed_and_not_waited_for(client
         return {}
 
     monkeypatch.setattr(runtime, "read_node", read_node)
-    monkeypatch.setattr(client, "NODE_RUNTIME_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(node_runtimes_module, "NODE_RUNTIME_TIMEOUT_S", 2.0)
 
     started = time.monotonic()
-    (reading,) = client.node_runtimes()
+    (reading,) = node_runtimes(client)
 
     assert time.monotonic() - started < 20
     assert reading["error"] == "the node did not report its runtime (no answer within 2 s); it may be overloaded or unreachable"
@@ -103,10 +105,11 @@ def test_the_nodes_need_none_of_gantrys_code(ray_head, tmp_path):
         django.setup()
         import ray
         from django.conf import settings
-        from serving.client import RayServeClient
+        from gates.node_runtimes import node_runtimes
+        from serving.cluster import RayServeClient
 
         settings.RAY_ADDRESS = {ray_head.address!r}
-        readings = RayServeClient().node_runtimes()
+        readings = node_runtimes(RayServeClient())
 
         @ray.remote(num_cpus=0)
         def worker_can_import_gantry():

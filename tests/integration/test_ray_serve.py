@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.client import ROUTER_APP, RayServeClient, ServeUnavailable
+from serving.cluster import RayServeClient
+from serving.cluster.connection import ServeUnavailable
+from serving.cluster.serve import ROUTER_APP
 from serving.llm_config import build_llm_config
 from tests.ray_cluster import RayHead, free_port, get_json, listed_models, replicas, router_url, wait_for
 

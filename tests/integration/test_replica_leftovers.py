@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.client import RayServeClient
+from serving.cluster import RayServeClient
+from serving.shm_sweep import reap_shared_memory
 from tests.integration.test_ray_serve import llm_config
 from tests.ray_cluster import wait_for
 
@@ -70,7 +71,7 @@ def segments():
 def test_reaping_removes_the_orphan_on_the_node_and_leaves_the_held_segment(client, segments):
     prefix, orphan, held = segments
     started = time.monotonic()
-    removed = client.reap_shared_memory()
+    removed = reap_shared_memory(client)
     print(f"\nreap_shared_memory: {time.monotonic() - started:.2f} s, removed {[item['name'] for item in removed]}")
 
     (node,) = [n["node_id"] for n in client.cluster_resources().nodes]
@@ -79,7 +80,7 @@ def test_reaping_removes_the_orphan_on_the_node_and_leaves_the_held_segment(clie
     assert mine[0]["age_s"] >= 299
     assert not orphan.exists()
     assert held.exists()
-    assert not [item for item in client.reap_shared_memory() if item["name"] == held.name]
+    assert not [item for item in reap_shared_memory(client) if item["name"] == held.name]
     assert held.exists()
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from dashboard.models import ApiToken
 from serving.choices import EventKind, State
-from serving.client import ROUTER_APP, get_client
+from serving.cluster import get_client
+from serving.cluster.serve import ROUTER_APP
 from serving.models import ServeEvent, ServeModel
 from serving.reconciler import reconcile
 from tests.ray_cluster import listed_models, replicas, router_url

@@ -1,4 +1,4 @@
-"""A ServeClient that behaves like Ray Serve for the reconciler's tests, where it matters to them:
+"""A cluster client that behaves like Ray Serve for the reconciler's tests, where it matters to them:
 
 - applications take a few status reads to deploy; an apply that is not a replicas-only change of a
   running application replaces *every* replica (Serve gives each serve.run a new code version),
@@ -9,31 +9,168 @@
 - applies can raise, deployments can fail or never be schedulable, the cluster can be unreachable,
   and any method can hang until released.
 
-It stands in for Serve only where the reconciler's logic is under test; the Ray client itself is
-tested against a real cluster.
+It splits as the adapter does: FakeServeControl (Serve control: apps, applies, deploy reads,
+placement, lose_node) and FakeNodeTasks (what the nodes answer), and FakeServe, both at once, is what
+the fixtures hand out. It stands in for Serve only where the reconciler's logic is under test; the
+Ray client itself is tested against a real cluster.
 """
 from __future__ import annotations
 
 import copy
 import itertools
 import threading
+from collections.abc import Callable
+from typing import Any
 
-from serving.client import (
-    ROUTER_APP,
-    AppStatus,
-    ClusterResources,
-    DeploymentStatus,
-    ServeClient,
-    ServeUnavailable,
-    _differs_only_in_replicas,
-)
+from serving.cluster import ServeClient
+from serving.cluster.connection import ServeUnavailable
+from serving.cluster.nodes import NodeAnswer, NodeTasks
+from serving.cluster.ray_serve import _differs_only_in_replicas
+from serving.cluster.serve import ROUTER_APP, AppStatus, ClusterResources, DeploymentStatus, ServeControl
 from serving.llm_config import with_secrets
 
 
-class FakeServe(ServeClient):
-    def __init__(self, gpus: float = 8, deploy_reads: int = 0, *, nodes: dict[str, float] | None = None, place_reads: int = 0):
+class FakeCluster:
+    """What both fakes share: the machines, and the record of what was asked of them."""
+
+    def __init__(self, gpus: float = 8, *, nodes: dict[str, float] | None = None):
         self.total_gpus = gpus  # one node with this many GPUs, unless `nodes` says otherwise
         self.nodes = nodes
+        self.unavailable = False
+        self.hang: set[str] = set()  # method names that block until `release` is set
+        self.release = threading.Event()
+        # Every method called, in order: ServeControl's by name, node tasks by the name of the
+        # client method they were before the split (node_gpus, reap_shared_memory, …: see
+        # FakeNodeTasks.CANNED).
+        self.asked: list[str] = []
+
+    def gpus_by_node(self) -> dict[str, float]:
+        return dict(self.nodes) if self.nodes is not None else {"node-1": self.total_gpus}
+
+    def _enter(self, method: str) -> None:
+        self.asked.append(method)
+        if method in self.hang:
+            self.release.wait()
+        if self.unavailable:
+            raise ServeUnavailable("connection refused (fake)")
+
+
+class FakeNodeTasks(FakeCluster, NodeTasks):
+    """What the nodes answer. Node tasks the tests script are answered from canned readings, by the
+    task name the app's function gives (CANNED), in the shape the app's function then returns:
+
+    - gantry-node-gpus (health node_gpus): `gpu_readings`;
+    - gantry-node-processes (health node_processes): `process_readings`;
+    - gantry-node-readiness (health node_readiness): `readiness_readings`; a reading with an `error`
+      is a node that did not answer (read_node_readiness itself never says error): TimeoutError;
+    - gantry-node-runtime (gates node_runtimes): `runtimes`, None for a healthy GPU runtime per node;
+    - gantry-reap-shared-memory (serving reap_shared_memory): `leaked`, removed once found.
+
+    Any other function runs here, this machine being a one-node cluster; so does the reap on a node
+    (health/probes/gpu.py's real reap_process, with a `reap_grace_s` grace), while a segment's removal
+    is only recorded in `node_calls`.
+    """
+
+    CANNED = {
+        "gantry-node-gpus": ("node_gpus", "_gpu_answers"),
+        "gantry-node-processes": ("node_processes", "_process_answers"),
+        "gantry-node-readiness": ("node_readiness", "_readiness_answers"),
+        "gantry-node-runtime": ("node_runtimes", "_runtime_answers"),
+        "gantry-reap-shared-memory": ("reap_shared_memory", "_reap_answers"),
+    }
+    ON_NODE = {"gantry-reap-process": "reap_on_node", "gantry-remove-segment": "remove_segment_on_node"}
+
+    def __init__(self, gpus: float = 8, *, nodes: dict[str, float] | None = None):
+        super().__init__(gpus, nodes=nodes)
+        # What node_runtimes() reports per node; None: a healthy runtime (GPU nodes with a fitting driver).
+        self.runtimes: list[dict] | None = None
+        # What node_gpus() reports: one reading per node, as health/node_readings.py gives them.
+        self.gpu_readings: list[dict] = []
+        # What node_processes(), serve_actors() and node_readiness() report, as the Ray client gives them.
+        self.process_readings: list[dict] = []
+        self.actors: list[dict] = []
+        self.readiness_readings: list[dict] = []
+        # What metrics_endpoints() lists: {node_id, address, port} per node (a real HTTP server in tests).
+        self.metrics_nodes: list[dict] = []
+        self.node_calls: list[tuple] = []  # reap_on_node / remove_segment_on_node, with their arguments
+        self.leaked: list[dict] = []  # shared-memory segments the next reap finds and removes
+        self.reaps = 0
+        self.reap_grace_s = 2.0
+
+    def on_every_node(self, function: Callable[[str], Any], *, name: str, timeout_s: float, ship: tuple = ()) -> list[NodeAnswer]:
+        asked, answers = self.CANNED.get(name, (name, None))
+        self._enter(asked)
+        if answers is not None:
+            return getattr(self, answers)()
+        node_id = next(iter(self.gpus_by_node()))
+        try:
+            return [NodeAnswer(node_id, "127.0.0.1", value=function(node_id))]
+        except Exception as exc:  # noqa: BLE001 — a node's failure is its answer
+            return [NodeAnswer(node_id, "127.0.0.1", error=exc)]
+
+    def on_node(self, node_id: str, function: Callable[..., Any], *args: Any, name: str, timeout_s: float, ship: tuple = ()) -> Any:
+        self._enter(self.ON_NODE.get(name, name))
+        if name == "gantry-reap-process":
+            pid, started, replicas = args
+            self.node_calls.append(("reap", node_id, pid, started, dict(replicas)))
+            return function(pid, started, replicas, grace_s=self.reap_grace_s)
+        if name == "gantry-remove-segment":
+            self.node_calls.append(("remove_segment", node_id, *args))
+            return []
+        return function(*args)
+
+    def serve_actors(self) -> list[dict]:
+        self._enter("serve_actors")
+        return copy.deepcopy(self.actors)
+
+    def metrics_endpoints(self) -> list[dict]:
+        self._enter("metrics_endpoints")
+        return [dict(node) for node in self.metrics_nodes]
+
+    def _gpu_answers(self) -> list[NodeAnswer]:
+        return [
+            NodeAnswer(reading["node_id"], reading.get("address", ""), value={**reading, "gpus": [dict(gpu) for gpu in reading.get("gpus", [])]})
+            for reading in self.gpu_readings
+        ]
+
+    def _process_answers(self) -> list[NodeAnswer]:
+        return [NodeAnswer(reading["node_id"], reading.get("address", ""), value=copy.deepcopy(reading)) for reading in self.process_readings]
+
+    def _readiness_answers(self) -> list[NodeAnswer]:
+        return [
+            NodeAnswer(reading["node_id"], reading.get("address", ""), error=TimeoutError("no answer (fake)")) if reading.get("error")
+            else NodeAnswer(reading["node_id"], reading.get("address", ""), value=copy.deepcopy(reading))
+            for reading in self.readiness_readings
+        ]
+
+    def _runtime_answers(self) -> list[NodeAnswer]:
+        if self.runtimes is not None:
+            return [NodeAnswer(r["node_id"], "", value=dict(r)) for r in self.runtimes]
+        from gates.preflight.runtime import local_node_runtime
+
+        # By default a healthy GPU cluster: every node has NVIDIA GPUs (at least one, even where the
+        # test gives Ray none to schedule) and a driver that runs the CUDA 12.8 build installed there.
+        local = local_node_runtime().as_dict()
+        return [
+            NodeAnswer(node, "", value={**local, "node_id": node, "gpus": max(int(gpus), 1), "driver_version": "570.86", "driver_cuda": "12.8", "torch_cuda": "12.8", "nvml_error": ""})
+            for node, gpus in self.gpus_by_node().items()
+        ]
+
+    def _reap_answers(self) -> list[NodeAnswer]:
+        self.reaps += 1
+        found, self.leaked = self.leaked, []
+        # One answer per run of a node's segments, so the removed list keeps the order they were leaked in.
+        return [
+            NodeAnswer(node_id, "", value=[{key: value for key, value in segment.items() if key != "node_id"} for segment in segments])
+            for node_id, segments in itertools.groupby(found, key=lambda segment: segment.get("node_id", ""))
+        ]
+
+
+class FakeServeControl(FakeCluster, ServeControl):
+    """Serve control: applications, applies, deploy reads, placement on the nodes, lost nodes."""
+
+    def __init__(self, gpus: float = 8, deploy_reads: int = 0, *, nodes: dict[str, float] | None = None, place_reads: int = 0):
+        super().__init__(gpus, nodes=nodes)
         self.deploy_reads = deploy_reads
         self.place_reads = place_reads
         self.apps: dict[str, dict] = {ROUTER_APP: self._app({}, 1, "RUNNING", 0)}
@@ -43,25 +180,8 @@ class FakeServe(ServeClient):
         self.fail_deploy: dict[str, str] = {}
         self.unschedulable: dict[str, str] = {}
         self.causes: dict[str, str] = {}
-        self.leaked: list[dict] = []  # shared-memory segments the next reap finds and removes
-        self.reaps = 0
-        self.unavailable = False
-        self.hang: set[str] = set()  # method names that block until `release` is set
-        self.release = threading.Event()
         self.starts = 0
-        self.asked: list[str] = []  # every ServeClient method called, in order
         self.envs: dict[str, dict] = {}  # model_key -> the env vars its replicas got at the last apply
-        # What node_runtimes() reports per node; None: a healthy runtime (GPU nodes with a fitting driver).
-        self.runtimes: list[dict] | None = None
-        # What node_gpus() reports: one reading per node, as RayServeClient.node_gpus gives them.
-        self.gpu_readings: list[dict] = []
-        # What node_processes(), serve_actors() and node_readiness() report, as the Ray client gives them.
-        self.process_readings: list[dict] = []
-        self.actors: list[dict] = []
-        self.readiness_readings: list[dict] = []
-        # What metrics_endpoints() lists: {node_id, address, port} per node (a real HTTP server in tests).
-        self.metrics_nodes: list[dict] = []
-        self.node_calls: list[tuple] = []  # reap_on_node / remove_segment_on_node, with their arguments
         self.dead_nodes: list[dict] = []  # lose_node()'s, oldest first, with the apps that had replicas there
         self.undeclared_nodes: list[dict] = []  # lost, not yet declared dead by Ray
         self._ids = itertools.count(1)
@@ -74,17 +194,7 @@ class FakeServe(ServeClient):
     def deleted(self) -> list[str]:
         return [call[1] for call in self.calls if call[0] == "delete"]
 
-    def gpus_by_node(self) -> dict[str, float]:
-        return dict(self.nodes) if self.nodes is not None else {"node-1": self.total_gpus}
-
-    # --- the ServeClient interface --------------------------------------------------------------
-    def _enter(self, method: str) -> None:
-        self.asked.append(method)
-        if method in self.hang:
-            self.release.wait()
-        if self.unavailable:
-            raise ServeUnavailable("connection refused (fake)")
-
+    # --- the ServeControl interface -------------------------------------------------------------
     def ensure_started(self, http_port: int = 8000, *, wait: bool = True) -> None:
         self._enter("ensure_started")
         self.starts += 1
@@ -143,53 +253,6 @@ class FakeServe(ServeClient):
             nodes = tuple({"node_id": node, "gpus": gpus, "free_gpus": free[node]} for node, gpus in self.gpus_by_node().items())
             return ClusterResources(total, sum(free.values()), 16, 16, nodes, reserved)
 
-    def node_runtimes(self) -> list[dict]:
-        self._enter("node_runtimes")
-        if self.runtimes is not None:
-            return [dict(r) for r in self.runtimes]
-        from gates.preflight.runtime import local_node_runtime
-
-        # By default a healthy GPU cluster: every node has NVIDIA GPUs (at least one, even where the
-        # test gives Ray none to schedule) and a driver that runs the CUDA 12.8 build installed there.
-        local = local_node_runtime().as_dict()
-        return [
-            {**local, "node_id": node, "gpus": max(int(gpus), 1), "driver_version": "570.86", "driver_cuda": "12.8", "torch_cuda": "12.8", "nvml_error": ""}
-            for node, gpus in self.gpus_by_node().items()
-        ]
-
-    def node_gpus(self) -> list[dict]:
-        self._enter("node_gpus")
-        return [{**reading, "gpus": [dict(gpu) for gpu in reading.get("gpus", [])]} for reading in self.gpu_readings]
-
-    def node_processes(self) -> list[dict]:
-        self._enter("node_processes")
-        return copy.deepcopy(self.process_readings)
-
-    def serve_actors(self) -> list[dict]:
-        self._enter("serve_actors")
-        return copy.deepcopy(self.actors)
-
-    def metrics_endpoints(self) -> list[dict]:
-        self._enter("metrics_endpoints")
-        return [dict(node) for node in self.metrics_nodes]
-
-    def node_readiness(self) -> list[dict]:
-        self._enter("node_readiness")
-        return copy.deepcopy(self.readiness_readings)
-
-    def reap_on_node(self, node_id: str, pid: int, started: int, replicas: dict[int, str]) -> dict:
-        """The real reap_process, here: this machine is the fake cluster's one node."""
-        from health.probes.gpu import reap_process
-
-        self._enter("reap_on_node")
-        self.node_calls.append(("reap", node_id, pid, started, dict(replicas)))
-        return reap_process(pid, started, replicas, grace_s=2.0)
-
-    def remove_segment_on_node(self, node_id: str, name: str) -> list[dict]:
-        self._enter("remove_segment_on_node")
-        self.node_calls.append(("remove_segment", node_id, name))
-        return []
-
     def failure_cause(self, model_key: str, limit: int = 2000) -> str:
         self._enter("failure_cause")
         return self.causes.get(model_key, "")
@@ -231,12 +294,6 @@ class FakeServe(ServeClient):
         with self._lock:
             self.dead_nodes += [n for n in self.undeclared_nodes if n["node_id"] == node]
             self.undeclared_nodes = [n for n in self.undeclared_nodes if n["node_id"] != node]
-
-    def reap_shared_memory(self) -> list[dict]:
-        self._enter("reap_shared_memory")
-        self.reaps += 1
-        found, self.leaked = self.leaked, []
-        return found
 
     def autoscale(self, model_key: str, target: int) -> None:
         """What Serve's autoscaler does on its own: a new target, replicas started or stopped to
@@ -317,6 +374,10 @@ class FakeServe(ServeClient):
         target = app["target"] if targets else None
         deployment = DeploymentStatus("LLMServer", app["status"], message, {"RUNNING": running} if running else {}, target)
         return AppStatus(name, app["status"], message, (deployment,))
+
+
+class FakeServe(FakeServeControl, FakeNodeTasks, ServeClient):
+    """Both fakes at once, as get_client() hands out both interfaces at once."""
 
 
 def _same_code(previous: dict, config: dict) -> bool:

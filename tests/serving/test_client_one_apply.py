@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from serving.client import RayServeClient, ServeUnavailable, call_with_timeout
+from serving.cluster import RayServeClient
+from serving.cluster.connection import ServeUnavailable, call_with_timeout
 
 
 def test_a_second_apply_waits_for_one_left_running_and_times_out_instead_of_racing_it(monkeypatch):

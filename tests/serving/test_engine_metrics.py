@@ -16,7 +16,8 @@ import pytest
 from django.utils import timezone
 
 from serving import engine_metrics
-from serving.engine_metrics import EngineReading, Histogram, figures, parse_export
+from serving.engine_export import parse_export
+from serving.engine_figures import EngineReading, Histogram, figures
 from serving.models import EngineMetricSample, EngineMetricsScrape, ServeModel
 
 HERE = Path(__file__).parent

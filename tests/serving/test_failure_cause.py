@@ -4,7 +4,9 @@ Ray 2.60 (a model folder without weights); tests/integration/test_replica_leftov
 log from a real cluster."""
 from __future__ import annotations
 
-from serving.client import ServeClient, root_cause
+from serving.cluster import ServeClient
+from serving.cluster.diagnosis import root_cause
+from serving.shm_sweep import reap_shared_memory
 
 NO_WEIGHTS_LOG = """\
 (Worker pid=13716) ERROR 12-01 09:13:11 [multiproc_executor.py:953]   File "/v/lib/python3.11/site-packages/vllm/model_executor/model_loader/default_loader.py", line 259, in _prepare_weights
@@ -46,4 +48,4 @@ def test_a_client_that_cannot_tell_says_nothing():
     class Minimal(ServeClient):
         ensure_started = apply_model = delete_model = status = cluster_resources = lambda *a, **k: None  # noqa: E731
 
-    assert Minimal().failure_cause("any") == "" and Minimal().reap_shared_memory() == []
+    assert Minimal().failure_cause("any") == "" and reap_shared_memory(Minimal()) == []

@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from serving.choices import EventKind, State
 from serving.models import ServeEvent
-from serving.reconciler import NODE_LOST_LOOKUP_S, reconcile
+from serving.reconcile_watch import NODE_LOST_LOOKUP_S
+from serving.reconciler import reconcile
 from tests.serving.factories import create_model
 from tests.serving.fake_serve import FakeServe, reset_shared
 

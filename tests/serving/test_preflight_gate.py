@@ -10,6 +10,7 @@ import pytest
 from dashboard.models import AuditEntry
 from gates import preflights
 from gates.models import PreflightRun
+from gates.node_runtimes import node_runtimes
 from gates.preflight.versions import tokenizer_digest
 from gates.secrets import set_secret
 from serving import deployments
@@ -190,7 +191,7 @@ def test_a_missing_secret_fails_the_deploy_naming_it_and_its_near_miss(alice, fa
 
 
 def old_driver(fake_serve) -> None:
-    fake_serve.runtimes = [dict(node, driver_cuda="12.4", driver_version="550.54") for node in fake_serve.node_runtimes()]
+    fake_serve.runtimes = [dict(node, driver_cuda="12.4", driver_version="550.54") for node in node_runtimes(fake_serve)]
 
 
 @pytest.mark.django_db

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from serving import deployments
 from serving.choices import EventKind, State
-from serving.client import ROUTER_APP
+from serving.cluster.serve import ROUTER_APP
 from serving.models import ServeEvent, ServeRevision
 from serving.reconciler import reconcile
 from tests.serving.factories import create_model, spec

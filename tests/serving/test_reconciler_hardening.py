@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from serving import deployments, engine, reconciler
 from serving.choices import EventKind, State
-from serving.client import RayServeClient
+from serving.cluster import RayServeClient
 from serving.models import Lease, ServeEvent, ServeModel, ServeRevision
 from serving.reconciler import LEASE_NAME, reconcile
 from tests.serving.factories import create_model, spec

@@ -39,7 +39,7 @@ def closed_port():
 def dead_cluster(request, settings):
     """Ray as the web process would meet it: gone, or a port that accepts and never answers."""
     port = request.getfixturevalue(f"{request.param}_port")
-    settings.GANTRY_SERVE_CLIENT = "serving.client.RayServeClient"
+    settings.GANTRY_SERVE_CLIENT = "serving.cluster.RayServeClient"
     settings.RAY_ADDRESS = f"127.0.0.1:{port}"
     settings.RAY_DASHBOARD_URL = f"http://127.0.0.1:{port}"
     return port
@@ -56,7 +56,7 @@ def test_pages_and_the_api_answer_fast_from_the_snapshot_when_ray_is_dead(client
     settings.GANTRY_SERVE_CLIENT = "tests.serving.fake_serve.shared_fake"
     reconcile(fake_serve)
     reconcile(fake_serve)  # RUNNING, and the snapshot says so
-    settings.GANTRY_SERVE_CLIENT = "serving.client.RayServeClient"  # the web process's client: dead
+    settings.GANTRY_SERVE_CLIENT = "serving.cluster.RayServeClient"  # the web process's client: dead
 
     client.force_login(alice)
     page, seconds = timed(client, f"/serving/{model.model_key}")

@@ -84,7 +84,9 @@ class Command(BaseCommand):
             return "gpu" if _nvidia_gpu_present() else "cpu"
 
     def _resolved_spec(self, target: Path, owner) -> dict:
-        from serving.spec import SpecError, parse_spec_yaml, validate_spec
+        from serving.spec.errors import SpecError
+        from serving.spec.parsing import parse_spec_yaml
+        from serving.spec.validation import validate_spec
 
         if target.is_dir():
             return {"model_source": str(target.resolve()), "gpus_per_replica": 0 if self.engine == "cpu" else 1, "preflight": self._folder_block(target)}
@@ -104,7 +106,7 @@ class Command(BaseCommand):
 
     def _expand(self, source: str, owner) -> Path:
         """$HOME macros as the serving spec has them, without the path jail: the operator's rights."""
-        from serving.spec import NoUserRoot, Roots, split_home_macro
+        from serving.spec.paths import NoUserRoot, Roots, split_home_macro
 
         roots = Roots.from_settings()
         try:

@@ -1,8 +1,8 @@
 """The gantry-router Serve application: one stable OpenAI front door for every model Gantry serves.
 
-This module runs inside Ray, in the router's replica; only serving/client.py imports it, to deploy
-it. It must not import Django or the rest of Gantry: client.py ships it to the cluster by value, so
-the Ray nodes need nothing of Gantry installed.
+This module runs inside Ray, in the router's replica; only serving/cluster/ray_serve.py imports it,
+to deploy it. It must not import Django or the rest of Gantry: ray_serve.py ships it to the cluster by
+value, so the Ray nodes need nothing of Gantry installed.
 
 Why a router of its own (shared/DESIGN.md, "Data plane"): each model is its own Serve application
 (a bare `LLMServer` deployment, no per-model OpenAI front end), so deploying, scaling or deleting one
@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
-# serving.client.ROUTER_APP names the application; this is the name of its one deployment.
+# serving.cluster.serve.ROUTER_APP names the application; this is the name of its one deployment.
 ROUTER_DEPLOYMENT = "GantryRouter"
 # Serve names a model's deployment "LLMServer:<model id>" (ray.llm's build_llm_deployment).
 LLM_DEPLOYMENT_PREFIX = "LLMServer:"

@@ -1,0 +1,256 @@
+"""An estimate against the GPUs: whether a replica fits each node's free memory, who holds what is
+missing (`fit`), and what a running deploy's replicas really hold (`measure`), from the NVML readings
+it is handed. The comparison is vLLM's own, explained in serving/vram_fit/estimation.py.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+from serving.vram_fit.estimation import Estimate, gib
+
+# How NVML names the processes of a Serve replica: Ray's actor (its process title), and vLLM's engine
+# and workers (vLLM sets their titles). Anything else holding GPU memory is not a replica.
+SERVING_PROCESS_PREFIXES = ("ray::ServeReplica", "ray::RayWorkerWrapper", "VLLM::")
+
+
+# --- Fit against NVML readings --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Holder:
+    pid: int
+    used_bytes: int
+    name: str
+    is_replica: bool
+
+    def sentence(self) -> str:
+        what = "a Serve replica" if self.is_replica else "not a replica"
+        name = f" ({self.name})" if self.name else ""
+        return f"PID {self.pid}{name} holds {gib(self.used_bytes)} and is {what}"
+
+
+@dataclass(frozen=True)
+class GpuFit:
+    node: str  # how the report names the node: its address, else the start of its id
+    index: int
+    name: str
+    total_bytes: int = 0
+    free_bytes: int = 0
+    need_bytes: int = 0
+    required_bytes: int = 0
+    vllm_share_bytes: int = 0
+    holders: tuple[Holder, ...] = ()
+    error: str = ""  # why this GPU has no memory reading
+
+    @property
+    def fits(self) -> bool:
+        return not self.error and self.free_bytes >= self.required_bytes
+
+    @property
+    def figures(self) -> dict[str, str]:
+        """The GiB figures as a page shows them."""
+        return {k: gib(getattr(self, f"{k}_bytes")) for k in ("total", "free", "need", "required", "vllm_share", "shortfall")}
+
+    @property
+    def shortfall_bytes(self) -> int:
+        return max(0, self.required_bytes - self.free_bytes)
+
+    @property
+    def capped(self) -> bool:
+        """vLLM's share is smaller than what the spec's sequences need."""
+        return self.need_bytes > self.vllm_share_bytes
+
+    def sentence(self) -> str:
+        where = f"GPU {self.index} on node {self.node}"
+        if self.error:
+            return f"{where} was not read: {self.error}"
+        text = f"{where} has {gib(self.free_bytes)} free of {gib(self.total_bytes)}; a replica needs {gib(self.required_bytes)} there"
+        if not self.fits:
+            text += f", {gib(self.shortfall_bytes)} short"
+            held = "; ".join(h.sentence() for h in self.holders)
+            if held:
+                text += f". {held}"
+        return text + "."
+
+
+@dataclass(frozen=True)
+class NodeFit:
+    node_id: str
+    node: str
+    gpus: tuple[GpuFit, ...]
+    gpus_per_replica: int
+    error: str = ""
+
+    @property
+    def replicas(self) -> int:
+        return sum(g.fits for g in self.gpus) // self.gpus_per_replica
+
+
+@dataclass(frozen=True)
+class FitReport:
+    estimate: Estimate
+    nodes: tuple[NodeFit, ...]
+    replicas: int
+    reason: str = ""  # why nothing was checked ("" when GPUs were read)
+
+    @property
+    def checked(self) -> bool:
+        return not self.reason
+
+    @property
+    def replicas_placeable(self) -> int:
+        return sum(n.replicas for n in self.nodes)
+
+    @property
+    def fits(self) -> bool:
+        return self.checked and self.replicas_placeable >= self.replicas
+
+    @property
+    def gpus(self) -> list[GpuFit]:
+        return [g for n in self.nodes for g in n.gpus]
+
+    @property
+    def short(self) -> list[GpuFit]:
+        return [g for g in self.gpus if not g.fits]
+
+    @property
+    def capped(self) -> list[GpuFit]:
+        return [g for g in self.gpus if g.fits and g.capped]
+
+    def summary(self) -> str:
+        if not self.checked:
+            return f"Not checked: {self.reason}."
+        wanted = f"{self.replicas} replica(s) of {self.estimate.gpus_per_replica} GPU(s)"
+        if self.fits:
+            return f"Fits: the GPUs have room for {self.replicas_placeable} replica(s), {wanted} wanted."
+        worst = max(self.short, key=lambda g: g.shortfall_bytes, default=None)
+        detail = f" {worst.sentence()}" if worst else ""
+        return f"Does not fit: the GPUs have room for {self.replicas_placeable} of {wanted}.{detail}"
+
+    def capped_advice(self) -> str:
+        if not self.capped:
+            return ""
+        gpu = self.capped[0]
+        utilization = math.ceil(100 * gpu.need_bytes / gpu.total_bytes) / 100
+        return (
+            f"vLLM takes gpu_memory_utilization {self.estimate.gpu_memory_utilization} × {gib(gpu.total_bytes)} = {gib(gpu.vllm_share_bytes)} "
+            f"on GPU {gpu.index} of node {gpu.node}, less than the {gib(gpu.need_bytes)} that {self.estimate.kv.max_num_seqs} sequences of "
+            f"{self.estimate.kv.max_model_len} tokens need: it will run fewer at once. Set gpu_memory_utilization to {min(utilization, 1.0)}"
+            " or lower max_num_seqs / max_model_len."
+        )
+
+
+def node_name(node: dict) -> str:
+    return str(node.get("address") or str(node.get("node_id", ""))[:12] or "?")
+
+
+def serving_pids(nodes: Iterable[dict]) -> set[tuple[str, int]]:
+    """(node id, PID) of every process NVML shows that a Serve replica runs (SERVING_PROCESS_PREFIXES)."""
+    return {
+        (str(node.get("node_id", "")), int(process["pid"]))
+        for node in nodes
+        for gpu in node.get("gpus") or []
+        for process in gpu.get("processes") or []
+        if str(process.get("name") or "").startswith(SERVING_PROCESS_PREFIXES)
+    }
+
+
+def fit(
+    estimate: Estimate, nodes: Iterable[dict], *, replica_pids: Collection[tuple[str, int]] = (), replicas: int = 1, unread: str = ""
+) -> FitReport:
+    """Whether `replicas` replicas fit the GPUs of `nodes` (health/probes/gpu.py's read_node readings,
+    each with its node's address), node by node. `replica_pids` are the (node id, PID) pairs known to be
+    Serve replicas, so the report can say which memory holders are not; `unread` says why there are
+    no readings, when the caller knows."""
+    nodes = list(nodes)
+    if not any(node.get("gpus") for node in nodes):
+        errors = sorted({str(n["error"]) for n in nodes if n.get("error")})
+        reason = unread or "no GPU memory reading exists" + (f" ({'; '.join(errors)[:300]})" if errors else " (no node reported a GPU)")
+        return FitReport(estimate, (), replicas, reason)
+    known = set(replica_pids)
+    fits = tuple(_node_fit(estimate, node, known) for node in nodes if node.get("gpus"))
+    return FitReport(estimate, fits, replicas)
+
+
+def _node_fit(estimate: Estimate, node: dict, replica_pids: set[tuple[str, int]]) -> NodeFit:
+    node_id, name = str(node.get("node_id", "")), node_name(node)
+    return NodeFit(node_id, name, tuple(_gpu_fit(estimate, node_id, name, gpu, replica_pids) for gpu in node["gpus"]), estimate.gpus_per_replica, str(node.get("error") or ""))
+
+
+def _gpu_fit(estimate: Estimate, node_id: str, node: str, gpu: dict, replica_pids: set[tuple[str, int]]) -> GpuFit:
+    index, label = int(gpu.get("index", 0)), str(gpu.get("name") or "")
+    total, used = gpu.get("memory_total_bytes"), gpu.get("memory_used_bytes")
+    if gpu.get("error") or not total or used is None:
+        return GpuFit(node, index, label, error=str(gpu.get("error") or "NVML reported no memory figures"))
+    on_gpu = estimate.for_gpu(int(total), label)
+    holders = [
+        Holder(int(p["pid"]), int(p["used_bytes"]), str(p.get("name") or ""), (node_id, int(p["pid"])) in replica_pids)
+        for p in gpu.get("processes") or []
+        if p.get("used_bytes")
+    ]
+    # Memory no replica holds first: it is what a person can free.
+    holders.sort(key=lambda h: (h.is_replica, -h.used_bytes))
+    return GpuFit(
+        node, index, label, int(total), max(0, int(total) - int(used)),
+        on_gpu.need_per_gpu, on_gpu.required_per_gpu(int(total)), on_gpu.vllm_share(int(total)), tuple(holders),
+    )
+
+
+# --- Estimate vs actual ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Measured:
+    """What a replica's processes hold on each GPU they use, from one NVML reading."""
+
+    by_gpu: dict[tuple[str, int], int] = field(default_factory=dict)  # (node id, GPU index) -> bytes
+    totals: dict[tuple[str, int], int] = field(default_factory=dict)  # the GPU's total memory
+    names: dict[tuple[str, int], str] = field(default_factory=dict)
+    unreported: int = 0  # replica processes NVML listed without a figure (a container without PID access)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.by_gpu.values(), default=0)
+
+
+def measure(nodes: Iterable[dict], replica_pids: Collection[tuple[str, int]]) -> Measured:
+    """Sum, per GPU, the memory NVML says the given (node id, PID) processes hold."""
+    wanted = set(replica_pids)
+    by_gpu: dict[tuple[str, int], int] = {}
+    totals: dict[tuple[str, int], int] = {}
+    names: dict[tuple[str, int], str] = {}
+    unreported = 0
+    for node in nodes:
+        node_id = str(node.get("node_id", ""))
+        for gpu in node.get("gpus") or []:
+            key = (node_id, int(gpu.get("index", 0)))
+            for process in gpu.get("processes") or []:
+                if (node_id, int(process["pid"])) not in wanted:
+                    continue
+                if process.get("used_bytes") is None:
+                    unreported += 1
+                    continue
+                by_gpu[key] = by_gpu.get(key, 0) + int(process["used_bytes"])
+                totals[key], names[key] = int(gpu.get("memory_total_bytes") or 0), str(gpu.get("name") or "")
+    return Measured(by_gpu, totals, names, unreported)
+
+
+def replica_processes(model_key: str, actors: Iterable[dict], nodes: Iterable[dict]) -> set[tuple[str, int]]:
+    """(node id, PID) of the GPU processes of `model_key`'s replicas, for `measure`: the Serve replica
+    actors (class ServeReplica:<key>:<deployment>, as Ray's state API lists them: node_id, pid,
+    class_name, placement_group_id), every actor in their placement groups (vLLM's tensor-parallel
+    workers), and each GPU process one of those started (vLLM's EngineCore), told by the `parents`
+    the zombies probe reads beside each process on its node."""
+    actors = list(actors)
+    replicas = [a for a in actors if str(a.get("class_name", "")).startswith(f"ServeReplica:{model_key}:")]
+    groups = {a["placement_group_id"] for a in replicas if a.get("placement_group_id")}
+    owned = {(str(a["node_id"]), int(a["pid"])) for a in actors if a in replicas or (a.get("placement_group_id") in groups)}
+    found = set()
+    for node in nodes:
+        node_id = str(node.get("node_id", ""))
+        for gpu in node.get("gpus") or []:
+            for process in gpu.get("processes") or []:
+                lineage = [int(process["pid"]), *map(int, process.get("parents") or [])]
+                if any((node_id, pid) in owned for pid in lineage):
+                    found.add((node_id, int(process["pid"])))
+    return found
