@@ -33,6 +33,10 @@ def register(gate: ApplyGate) -> None:
         _gates.append(gate)
 
 
+def registered() -> tuple[ApplyGate, ...]:
+    return tuple(_gates)
+
+
 def verdict_for_apply(model) -> ApplyVerdict:
     """The first verdict that is not a pass, else a pass carrying the last engine a gate chose.
 
