@@ -21,7 +21,7 @@ class RayNodeTasks(Driver, NodeTasks):
         _ship(ship)
         with _cluster_errors():
             addresses = _alive_addresses()
-            answers = _on_every_node(function, name, timeout_s)
+            answers = _on_every_node(function, name, timeout_s, list(addresses))
         return [
             NodeAnswer(node_id, addresses.get(node_id, ""), error=answer) if isinstance(answer, BaseException)
             else NodeAnswer(node_id, addresses.get(node_id, ""), value=answer)
@@ -79,10 +79,11 @@ def _alive_addresses() -> dict[str, str]:
     return {node["NodeID"]: node.get("NodeManagerAddress", "") for node in ray.nodes() if node.get("Alive")}
 
 
-def _on_every_node(function: Any, name: str, timeout_s: float) -> dict[str, Any]:
-    """Run `function(node_id)` once on each alive Ray node at once; per node id (in ray.nodes()
-    order) what it returned, or the exception why not (TimeoutError for a node that had not finished
-    within `timeout_s`: its task is cancelled). Call it inside _cluster_errors() on a connected driver.
+def _on_every_node(function: Any, name: str, timeout_s: float, nodes: list[str]) -> dict[str, Any]:
+    """Run `function(node_id)` once on each of these alive Ray nodes at once (read from ray.nodes()
+    once, by the caller, with their addresses); per node id, in that order, what it returned, or the
+    exception why not (TimeoutError for a node that had not finished within `timeout_s`: its task is
+    cancelled). Call it inside _cluster_errors() on a connected driver.
 
     num_cpus=0 so a node whose CPUs are all held by replicas still runs it; no retries: a node that
     fails now is reported now, and the next call asks again.
@@ -91,7 +92,6 @@ def _on_every_node(function: Any, name: str, timeout_s: float) -> dict[str, Any]
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     task = ray.remote(num_cpus=0, max_retries=0)(function)
-    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
     pending = {
         task.options(name=name, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(node_id): node_id
         for node_id in nodes
