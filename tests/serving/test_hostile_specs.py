@@ -1,11 +1,14 @@
 """Specs written to hurt: YAML alias bombs, values pasted to be huge, values YAML cannot turn into Python.
 
-Every one of them must be refused quickly with a short answer, through the API and through the page,
-and leave nothing in the database.
+Every one of them must be refused with a short answer, through the API and through the page, and
+leave nothing in the database, without building anything big on the way: the alias bomb this file
+began with expanded to 531,441 items and came back as a 76 MB error. That is pinned as the peak of
+what the request allocates (tracemalloc), which does not move with the machine's load; how long a
+refusal takes is measured in bench/, not asserted here (a wall-clock bound failed CI under load).
 """
 from __future__ import annotations
 
-import time
+import tracemalloc
 
 import pytest
 
@@ -18,7 +21,7 @@ from tests.serving.test_pages import form_post, text_of, yaml_post
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("roots", "fake_serve")]
 
 SHORT = 4096  # bytes: an error that says what is wrong fits in far less
-QUICK = 1.0  # seconds
+SMALL = 16 * 1024 * 1024  # bytes allocated at the peak: a 64 KiB spec parsed and refused needs ~1 MB
 SOURCE = "$HOME/common/hf/tiny-llama"
 
 
@@ -40,18 +43,26 @@ def bomb_spec(field: str) -> str:
 @pytest.fixture
 def api(client, alice):
     _, raw = ApiToken.issue(alice, "ci")
-    return Api(client, raw)
+    api = Api(client, raw)
+    # The process's first request imports the views, URLs and serializers: tens of MB that are not
+    # the refusal's own, so one ordinary refusal goes first.
+    assert api.post_yaml("model_id: [\n").status_code == 400
+    return api
 
 
-def timed(call):
-    started = time.perf_counter()
-    response = call()
-    return response, time.perf_counter() - started
+def measured(call):
+    """call()'s response and the most memory it held at once while it ran."""
+    tracemalloc.start()
+    try:
+        response = call()
+        return response, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
-def assert_short_refusal(response, seconds: float, status: int = 400) -> None:
+def assert_short_refusal(response, peak: int, status: int = 400) -> None:
     assert response.status_code == status, response.content[:500]
-    assert seconds < QUICK, f"took {seconds:.2f} s"
+    assert peak < SMALL, f"allocated {peak / 2**20:.1f} MiB at its peak"
     assert len(response.content) < SHORT, f"{len(response.content)} bytes"
     assert not ServeModel.objects.exists()
 
@@ -59,8 +70,8 @@ def assert_short_refusal(response, seconds: float, status: int = 400) -> None:
 # --- anchors and aliases -----------------------------------------------------------------------
 @pytest.mark.parametrize("field", ["num_replicas", "model_source", "engine_kwargs"])
 def test_an_alias_bomb_posted_to_the_api_is_a_short_quick_400(api, field):
-    response, seconds = timed(lambda: api.post_yaml(bomb_spec(field)))
-    assert_short_refusal(response, seconds)
+    response, peak = measured(lambda: api.post_yaml(bomb_spec(field)))
+    assert_short_refusal(response, peak)
     error = error_of(response)
     assert error["code"] == "bad_yaml"
     line = bomb_spec(field).splitlines().index(f"{field}: {laughs()}") + 1
@@ -82,13 +93,13 @@ def test_a_merge_key_needs_an_alias_and_is_refused(api):
 
 @pytest.fixture
 def page_refusal(alice_client):
-    """Posts to /serving/new; checks the refusal is quick and adds under 4 KB to the blank page."""
+    """Posts to /serving/new; checks the refusal builds nothing big and adds under 4 KB to the blank page."""
     blank = len(alice_client.get("/serving/new").content)
 
     def post(data: dict):
-        response, seconds = timed(lambda: alice_client.post("/serving/new", data))
+        response, peak = measured(lambda: alice_client.post("/serving/new", data))
         assert response.status_code == 400, response.content[:500]
-        assert seconds < QUICK, f"took {seconds:.2f} s"
+        assert peak < SMALL, f"allocated {peak / 2**20:.1f} MiB at its peak"
         grown = len(response.content) - blank
         assert grown < SHORT, f"{grown} bytes more than the blank page"
         assert not ServeModel.objects.exists()
@@ -157,8 +168,8 @@ def long_key(key: str, value: str, indent: str = "") -> str:
         "engine key", "engine value", "engine kwargs", "unknown field", "duplicate key", "unknown tag"])
 def test_a_huge_value_is_echoed_short(api, text, status, field):
     assert len(text) < 64 * 1024
-    response, seconds = timed(lambda: api.post_yaml(text))
-    assert_short_refusal(response, seconds, status)
+    response, peak = measured(lambda: api.post_yaml(text))
+    assert_short_refusal(response, peak, status)
     error = error_of(response)
     assert "xxxx" in error["message"]  # the user can still see which value it is about
     if field:
