@@ -34,7 +34,7 @@ def test_a_hung_probe_times_out_without_holding_up_the_others(settings):
     run_cycle(probes)
     elapsed = time.monotonic() - started
     release.set()
-    assert elapsed < 2
+    assert elapsed < 5  # the hung probe would hold the cycle for 10 s; the timeout is 1 s
     checks = {c.name: c for c in HealthCheck.objects.all()}
     assert checks["test:hangs"].detail == "the probe did not answer within 1 s"
     assert checks["test:busy"].status == Status.OK and 45 <= checks["test:busy"].cost_ms < 500

@@ -45,6 +45,12 @@ def dead_cluster(request, settings):
     return port
 
 
+# A page that asked the dead cluster would wait for the Serve call bound (GANTRY_SERVE_CALL_TIMEOUT_S,
+# 60 s); one that reads the snapshot answers in well under a second. The bound sits far from both so
+# a loaded CI machine cannot fail it (2 s did, once); how fast pages are is measured in bench/.
+NOT_WAITING_S = 10
+
+
 def timed(client, url, **headers):
     started = time.monotonic()
     response = client.get(url, **headers)
@@ -60,20 +66,20 @@ def test_pages_and_the_api_answer_fast_from_the_snapshot_when_ray_is_dead(client
 
     client.force_login(alice)
     page, seconds = timed(client, f"/serving/{model.model_key}")
-    assert page.status_code == 200 and seconds < 2
+    assert page.status_code == 200 and seconds < NOT_WAITING_S
     assert "as of" in page.text and "RUNNING: 1" in page.text
     poll, seconds = timed(client, f"/serving/{model.model_key}", HTTP_HX_REQUEST="true")
-    assert poll.status_code == 200 and seconds < 2
+    assert poll.status_code == 200 and seconds < NOT_WAITING_S
     api, seconds = timed(client, f"/api/v2/serve/models/{model.model_key}")
-    assert api.status_code == 200 and seconds < 2
+    assert api.status_code == 200 and seconds < NOT_WAITING_S
     status = api.json()["serve_status"]
     assert status["available"] is True and status["stale"] is False and status["status"] == "RUNNING"
 
     client.force_login(admin)
     cluster, seconds = timed(client, "/serving/cluster")
-    assert cluster.status_code == 200 and seconds < 2 and model.model_key in cluster.text
+    assert cluster.status_code == 200 and seconds < NOT_WAITING_S and model.model_key in cluster.text
     body, seconds = timed(client, "/api/v2/serve/status")
-    assert body.status_code == 200 and seconds < 2 and model.model_key in body.json()["applications"]
+    assert body.status_code == 200 and seconds < NOT_WAITING_S and model.model_key in body.json()["applications"]
 
 
 def test_a_snapshot_the_reconciler_stopped_refreshing_is_called_stale_everywhere(client, alice, admin, fake_serve, dead_cluster):
@@ -83,12 +89,12 @@ def test_a_snapshot_the_reconciler_stopped_refreshing_is_called_stale_everywhere
 
     client.force_login(alice)
     page, seconds = timed(client, f"/serving/{model.model_key}")
-    assert seconds < 2 and "Serve's status is stale (as of 10 min ago)" in html.unescape(page.text)
+    assert seconds < NOT_WAITING_S and "Serve's status is stale (as of 10 min ago)" in html.unescape(page.text)
     status = client.get(f"/api/v2/serve/models/{model.model_key}").json()["serve_status"]
     assert status["stale"] is True and status["available"] is False and "10 min ago" in status["problem"]
     client.force_login(admin)
     cluster, seconds = timed(client, "/serving/cluster")
-    assert seconds < 2 and "stale" in cluster.text
+    assert seconds < NOT_WAITING_S and "stale" in cluster.text
     body = client.get("/api/v2/serve/status").json()
     assert body["stale"] is True and body["age_s"] >= 600
 
@@ -97,7 +103,7 @@ def test_before_the_reconciler_ever_read_serve_the_status_is_unavailable_not_emp
     model = create_model(alice)
     client.force_login(alice)
     page, seconds = timed(client, f"/serving/{model.model_key}")
-    assert seconds < 2 and "Serve's status is unavailable" in html.unescape(page.text)
+    assert seconds < NOT_WAITING_S and "Serve's status is unavailable" in html.unescape(page.text)
     assert "Serve runs no application" not in page.text  # that would be a claim nobody checked
     status = client.get(f"/api/v2/serve/models/{model.model_key}").json()["serve_status"]
     assert status["available"] is False and status["as_of"] is None
