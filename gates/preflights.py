@@ -21,7 +21,7 @@ from gates.preflight.base import NodeRuntime, PreflightContext, Runtime, SecretN
 from gates.preflight.config import effective_config
 from gates.preflight.runner import engine_from, run_guards, verdict
 from gates.preflight.vram import GpuMemory, VramContext
-from serving.vram_fit import FitReport, VramEstimateError, estimate, fit
+from serving.vram_fit import Budget, FitReport, VramEstimateError, estimate, fit, fixes
 
 log = logging.getLogger(__name__)
 
@@ -129,23 +129,48 @@ def gpu_memory_reading() -> GpuMemory:
 
 @dataclass(frozen=True)
 class VramPreview:
-    """The VRAM fit of a spec before it is submitted: the report, or why there is none."""
+    """The VRAM fit of a spec before it is submitted: the report against the cluster's GPUs, the
+    what-if on a GPU the user picked ("Will it fit on…"), or why there is none."""
 
     report: FitReport | None = None
-    note: str = ""  # CPU replicas, or why the folder could not be estimated
+    note: str = ""  # why the folder could not be estimated
+    what_if: Budget | None = None
+    what_if_name: str = ""
+    gpu_choices: tuple[str, ...] = ()
+
+    @property
+    def budget(self) -> Budget | None:
+        """The budget whose terms the page lists: the picked GPU's, else the first GPU read."""
+        if self.what_if is not None:
+            return self.what_if
+        return next((g.budget for g in (self.report.gpus if self.report else ()) if g.budget is not None), None)
+
+    @property
+    def what_if_advice(self) -> str:
+        return "" if self.what_if is None or self.what_if.fits else fixes(self.what_if)
 
 
-def vram_preview(resolved_spec: dict, engine: str) -> VramPreview:
-    """For the new-model preview: the estimate and the fit against the GPUs' latest reading."""
+def vram_preview(resolved_spec: dict, engine: str, what_if: str = "") -> VramPreview:
+    """For the new-model preview: the estimate against the GPUs' latest reading (GPU replicas on the GPU
+    engine), and against the picked GPU for anyone, CPU replicas too (one GPU each, as they would run)."""
+    from serving.vram_fit.gpus import known_gpus, parse_gpu
+
+    choices = tuple(g.name for g in known_gpus())
     gpus = int(resolved_spec.get("gpus_per_replica", 0))
-    if engine != "gpu" or gpus <= 0:
-        return VramPreview(note="CPU replicas use no GPU memory.")
+    on_cpu = engine != "gpu" or gpus <= 0
+    if on_cpu and not what_if:
+        return VramPreview(note="CPU replicas use no GPU memory; pick a GPU to see whether the model would fit on it.", gpu_choices=choices)
     try:
-        need = estimate(resolved_spec["model_source"], resolved_spec.get("engine_kwargs"), gpus)
+        need = estimate(resolved_spec["model_source"], resolved_spec.get("engine_kwargs"), max(1, gpus))
+        picked = parse_gpu(what_if) if what_if else None
     except VramEstimateError as exc:
-        return VramPreview(note=f"The memory a replica needs cannot be estimated: {exc}")
+        return VramPreview(note=f"The memory a replica needs cannot be estimated: {exc}", gpu_choices=choices)
+    budget = need.on_gpu(picked.total_bytes, picked.name) if picked else None
+    if on_cpu:
+        return VramPreview(what_if=budget, what_if_name=picked.name, gpu_choices=choices)
     memory = gpu_memory_reading()
-    return VramPreview(fit(need, memory.nodes, replica_pids=memory.replica_pids, replicas=int(resolved_spec.get("num_replicas", 1)), unread=memory.note))
+    report = fit(need, memory.nodes, replica_pids=memory.replica_pids, replicas=int(resolved_spec.get("num_replicas", 1)), unread=memory.note)
+    return VramPreview(report, what_if=budget, what_if_name=picked.name if picked else "", gpu_choices=choices)
 
 
 def context_for(run: PreflightRun, runtime: Runtime, *, wait_for_secrets: bool, engine: str | None = None) -> PreflightContext:

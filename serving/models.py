@@ -311,32 +311,51 @@ class AppSnapshot(models.Model):
 
 
 class VramObservation(models.Model):
-    """Estimate vs actual for one deploy on GPUs: what serving/vram_fit/ says a replica holds per
-    GPU beside what NVML saw its processes hold once it was RUNNING, so the estimate's accuracy is
-    measured, not claimed. One row per generation: vLLM allocates its weights, KV cache and CUDA
-    graphs while starting, so the first reading after RUNNING is the one that counts."""
+    """Estimate vs actual for one deploy on GPUs (serving/vram_observations.py records it): what the
+    estimate said of each term beside what vLLM itself logged at start (its weights, the KV cache memory
+    and tokens left), and NVML's reading of the replica's processes. NVML's figure is vLLM's share by
+    design, so it checks the share, never the terms. One row per generation: the start counts."""
 
     model = models.ForeignKey(ServeModel, on_delete=models.CASCADE, related_name="vram_observations")
     generation = models.PositiveIntegerField()
     observed_at = models.DateTimeField(default=timezone.now)
     gpu_name = models.CharField(max_length=128, blank=True)
     gpu_total_bytes = models.BigIntegerField()
-    estimated_bytes = models.BigIntegerField(help_text="Per GPU: max(weights + KV cache + overhead, gpu_memory_utilization × total).")
-    need_bytes = models.BigIntegerField(help_text="Per GPU: weights + KV cache + engine overhead.")
-    measured_bytes = models.BigIntegerField(help_text="The most that the replica's processes held on one of its GPUs.")
-    terms = models.JSONField(default=dict, help_text="The estimate's terms in bytes per GPU.")
+    estimated_bytes = models.BigIntegerField(help_text="Per GPU: vLLM's share, gpu_memory_utilization × total: what the replica holds by design.")
+    need_bytes = models.BigIntegerField(help_text="Per GPU: weights + the engine's own memory + one max_model_len sequence of KV cache.")
+    measured_bytes = models.BigIntegerField(help_text="The most that the replica's processes held on one of its GPUs (NVML).")
+    terms = models.JSONField(default=dict, help_text="The estimate's terms per GPU: bytes, and kv_tokens.")
+    logged = models.JSONField(default=dict, help_text="What vLLM logged at start (serving/vram_fit/vllm_log.py); {} when unread.")
     gpus = models.JSONField(default=list, help_text="Each GPU the replicas used: node, index, measured bytes.")
+
+    SCORED = (("weights", "weights_bytes"), ("KV cache memory", "kv_available_bytes"), ("KV cache tokens", "kv_tokens"))
 
     class Meta:
         ordering = ["-observed_at", "-id"]
         constraints = [models.UniqueConstraint(fields=["model", "generation"], name="one_vram_observation_per_generation")]
 
     def __str__(self) -> str:
-        return f"{self.model_id} g{self.generation}: estimated {self.estimated_bytes}, measured {self.measured_bytes}"
+        return f"{self.model_id} g{self.generation}: share {self.estimated_bytes}, measured {self.measured_bytes}"
 
     @property
-    def error_percent(self) -> float:
-        """How far the estimate is off, relative to what was measured; positive overestimates."""
+    def scores(self) -> list[dict]:
+        """Each term vLLM logged beside the estimate of it, and the error relative to the log
+        (positive overestimates); terms the log did not give are left out."""
+        from serving.vram_fit.estimation import gib
+
+        rows = []
+        for label, key in self.SCORED:
+            estimated, logged = self.terms.get(key), self.logged.get(key)
+            if estimated is None or not logged:
+                continue
+            figure = (lambda n: f"{n:,}") if key == "kv_tokens" else gib
+            rows.append({"term": label, "estimated": figure(estimated), "logged": figure(logged),
+                         "error_percent": round(100 * (estimated - logged) / logged, 1)})
+        return rows
+
+    @property
+    def share_error_percent(self) -> float:
+        """NVML's reading against the share: a check that vLLM took what it should, not of the estimate."""
         return round(100 * (self.estimated_bytes - self.measured_bytes) / self.measured_bytes, 1)
 
     @property
@@ -344,43 +363,6 @@ class VramObservation(models.Model):
         from serving.vram_fit.estimation import gib
 
         return {name: gib(getattr(self, f"{name}_bytes")) for name in ("estimated", "need", "measured", "gpu_total")}
-
-    @classmethod
-    def record(cls, model: ServeModel, nodes: list[dict], replica_pids) -> "VramObservation | None":
-        """Record this generation's estimate vs what `replica_pids` ((node id, PID) of the model's replica
-        processes: the Serve actor and the vLLM engine and workers it started) hold in the NVML reading
-        `nodes` (health/probes/gpu.py's read_node shape). None when there is nothing to compare: CPU
-        replicas, no figure for those processes (NVML in a container may not see PIDs), or a folder the
-        estimate cannot read. The first observation of a generation stays."""
-        from serving.vram_fit.checkpoint import VramEstimateError
-        from serving.vram_fit.estimation import estimate
-        from serving.vram_fit.report import measure
-
-        spec = model.resolved_spec
-        gpus = int(spec.get("gpus_per_replica", 0))
-        if gpus <= 0 or model.engine_override == "cpu":
-            return None
-        measured = measure(nodes, replica_pids)
-        if not measured.by_gpu:
-            return None
-        try:
-            need = estimate(spec["model_source"], spec.get("engine_kwargs"), gpus)
-        except VramEstimateError:
-            return None
-        peak = max(measured.by_gpu, key=measured.by_gpu.__getitem__)
-        total, name = measured.totals[peak], measured.names[peak]
-        on_gpu = need.for_gpu(total, name)
-        observation, _ = cls.objects.get_or_create(model=model, generation=model.generation, defaults={
-            "gpu_name": name,
-            "gpu_total_bytes": total,
-            "estimated_bytes": on_gpu.required_per_gpu(total),
-            "need_bytes": on_gpu.need_per_gpu,
-            "measured_bytes": measured.by_gpu[peak],
-            "terms": {"weights": on_gpu.weights_per_gpu, "kv_cache": on_gpu.kv_per_gpu, "overhead": on_gpu.overhead_bytes,
-                      "gpu_memory_utilization": on_gpu.gpu_memory_utilization, "max_num_seqs": on_gpu.kv.max_num_seqs},
-            "gpus": [{"node_id": node, "index": index, "measured_bytes": used} for (node, index), used in sorted(measured.by_gpu.items())],
-        })
-        return observation
 
 
 class PlaygroundCall(models.Model):

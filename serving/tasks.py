@@ -36,20 +36,21 @@ def reconcile(followup: bool = False) -> dict:
 
 @shared_task
 def observe_vram(model_id: int, generation: int) -> dict:
-    """Record a GPU model's estimated vs NVML-measured memory once it runs (serving/vram_fit/):
-    the estimate's accuracy is measured deploy after deploy, not claimed."""
+    """Record a GPU model's VRAM estimate against what vLLM logged at start, and NVML's reading, once
+    it runs (serving/vram_observations.py): the estimate is scored deploy after deploy, not claimed."""
     from health.node_readings import node_gpus, node_processes
     from serving.choices import State
     from serving.cluster import get_client
-    from serving.models import ServeModel, VramObservation
+    from serving.models import ServeModel
     from serving.vram_fit.report import replica_processes
+    from serving.vram_observations import record
 
     model = ServeModel.objects.filter(pk=model_id, generation=generation, state=State.RUNNING).first()
     if model is None:
         return {"model": model_id, "observed": False, "why": "no longer running this generation"}
     client = get_client()
     replicas = replica_processes(model.model_key, client.serve_actors(), node_processes(client))
-    observation = VramObservation.record(model, node_gpus(client), replicas)
+    observation = record(model, node_gpus(client), replicas, client.engine_log(model.model_key))
     return {"model": model_id, "observed": observation is not None}
 
 

@@ -146,7 +146,7 @@ def _render_new(request: HttpRequest, form: NewModelForm, *, preview: Preview | 
         # Multi-node readiness (health's probe) beside the GPU count, for a deploy that may span nodes.
         "readiness": deploy_readiness(preview.resolved.gpus_per_replica) if preview else None,
         # The memory a replica needs against each GPU's free memory (serving/vram_fit/).
-        "vram": preflights.vram_preview(preview.resolved.as_dict(), current_engine()) if preview else None,
+        "vram": preflights.vram_preview(preview.resolved.as_dict(), current_engine(), request.POST.get("fit_gpu", "")) if preview else None,
         "roots": roots,
         "user_root": user_root,
         "hf_models": _folders(roots.hf),

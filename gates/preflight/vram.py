@@ -12,7 +12,6 @@ never reads as if memory had been compared when it was not.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from gates.preflight.base import FAIL, OK, WARN, Evidence, GuardResult, PreflightContext
@@ -63,53 +62,49 @@ def check(context: PreflightContext) -> GuardResult:
             remedy="Fix the model folder (a config.json and safetensors weights vLLM can load); the deploy would fail on it as well.",
         )
     report = fit(need, memory.nodes, replica_pids=memory.replica_pids, replicas=getattr(context, "num_replicas", 1), unread=memory.note)
-    evidence = _terms(need) + tuple(
-        Evidence(f"GPU {g.index} on node {g.node}", f"needs {gib(g.required_bytes)}" if not g.error else "",
+    first = next((g.budget for g in report.gpus if g.budget is not None), None)
+    evidence = _terms(first) + tuple(
+        Evidence(f"GPU {g.index} on node {g.node}", f"share {gib(g.share_bytes)}" if not g.error else "",
                  g.error or f"{gib(g.free_bytes)} free of {gib(g.total_bytes)}",
                  OK if g.fits else on_short, "" if g.fits else g.sentence())
         for g in report.gpus
-    )
+    ) + tuple(Evidence("not modelled", "", note, WARN) for note in need.not_modelled)
     data = {"vram": {
-        "weights_per_gpu_bytes": need.weights_per_gpu, "kv_per_gpu_bytes": need.kv_per_gpu,
-        "overhead_bytes": need.overhead_bytes, "need_per_gpu_bytes": need.need_per_gpu,
-        "checked": report.checked, "fits": report.fits, "replicas_placeable": report.replicas_placeable, "read_at": memory.read_at,
+        "weights_per_gpu_bytes": need.weights_per_gpu, "kv_bytes_per_token": need.kv_bytes_per_token,
+        "max_model_len": need.max_model_len, "checked": report.checked, "fits": report.fits,
+        "replicas_placeable": report.replicas_placeable, "read_at": memory.read_at,
+        "gpus": [_gpu_data(g) for g in report.gpus if g.budget is not None],
     }}
-    needs = f"needs {gib(need.need_per_gpu)} per GPU ({_sum(need)})"
     if not report.checked:
         return GuardResult(
-            GUARD, TITLE, WARN, f"{report.summary()} By the folder alone, each replica {needs}.", evidence,
+            GUARD, TITLE, WARN, f"{report.summary()} By the folder alone, each replica needs {gib(need.weights_per_gpu)} of weights per GPU "
+            f"and {gib(need.kv_bytes_per_token * need.max_model_len)} of KV cache for one sequence of {need.max_model_len:,} tokens.", evidence,
             "The health probe reads each GPU's memory on the cluster's nodes; run the check again once it has (the health page shows the GPUs).",
             data=data,
         )
     if report.fits:
-        advice = report.capped_advice()
-        return GuardResult(GUARD, TITLE, WARN if advice else OK, f"{report.summary()} Each replica {needs}.", evidence, advice, data=data)
-    return GuardResult(GUARD, TITLE, on_short, f"{report.summary()} Each replica {needs}.", evidence, _remedy(report) + (
+        return GuardResult(GUARD, TITLE, WARN if need.not_modelled else OK, f"{report.summary()} {first.verdict()}", evidence, data=data)
+    return GuardResult(GUARD, TITLE, on_short, report.summary(), evidence, _remedy(report) + (
         " (vram_fit: fail stops the deploy here.)" if mode == "fail" else " (vram_fit: warn deploys anyway; its replicas may not start.)"
     ), data=data)
 
 
-def _sum(need) -> str:
-    return f"weights {gib(need.weights_per_gpu)} + KV cache {gib(need.kv_per_gpu)} + engine overhead {gib(need.overhead_bytes)}"
+def _gpu_data(g) -> dict:
+    b = g.budget
+    return {"node": g.node, "index": g.index, "total_bytes": g.total_bytes, "free_bytes": g.free_bytes, "share_bytes": b.share_bytes,
+            "non_kv_bytes": b.non_kv_bytes, "kv_available_bytes": b.kv_available_bytes, "kv_tokens": b.kv_tokens, "fits": g.fits}
 
 
-def _terms(need) -> tuple[Evidence, ...]:
-    return tuple(Evidence(term, how, size) for term, size, how in need.terms())
+def _terms(budget) -> tuple[Evidence, ...]:
+    return tuple(Evidence(term, how, size) for term, size, how in budget.terms()) if budget else ()
 
 
 def _remedy(report: FitReport) -> str:
-    need = report.estimate
     steps = []
-    strangers = sorted({h.pid for g in report.short for h in g.holders if not h.is_replica})
+    strangers = sorted({h.pid for g in report.short for h in g.holders if not h.is_replica and not g.share_is_free})
     if strangers:
-        steps.append(f"free the GPU memory that processes which are not replicas hold (PID {', '.join(map(str, strangers[:5]))})")
-    share_bound = [g for g in report.short if g.vllm_share_bytes >= g.need_bytes]
-    if share_bound:
-        g = share_bound[0]
-        # vLLM refuses to start when less than its share is free; asking for the need alone still fits it.
-        utilization = max(0.01, math.ceil(100 * g.need_bytes / g.total_bytes) / 100)
-        if g.need_bytes <= g.free_bytes:
-            steps.append(f"lower gpu_memory_utilization to {utilization} (vLLM asks for {need.gpu_memory_utilization} of each GPU at start)")
-    steps.append("lower max_model_len or max_num_seqs, store the KV cache as fp8 (kv_cache_dtype: fp8), or give each replica more GPUs")
-    text = "; ".join(steps)
-    return text[0].upper() + text[1:] + "."
+        steps.append(f"Free the GPU memory that processes which are not replicas hold (PID {', '.join(map(str, strangers[:5]))}).")
+    advice = report.advice()
+    if advice:
+        steps.append(advice)
+    return " ".join(steps) or "Free GPU memory on the nodes, or give each replica more GPUs."

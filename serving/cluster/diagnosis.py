@@ -35,6 +35,9 @@ class RayDiagnosis(Driver):
     FAILURE_CAUSE_TIMEOUT_S = 15.0
     FAILURE_LOG_LINES = 1000
     FAILED_REPLICAS_READ = 3
+    # A replica logs its start in its first few hundred lines, and observe_vram reads it as soon as
+    # the model is RUNNING, before request logs pile up.
+    ENGINE_LOG_LINES = 3000
 
     def failure_cause(self, model_key: str, limit: int = 2000) -> str:
         """The lines of a failed replica's log that say why `model_key` did not start.
@@ -53,29 +56,34 @@ class RayDiagnosis(Driver):
             return ""
         return cause if len(cause) <= limit else cause[: max(limit - 1, 0)] + "…"
 
-    def _failure_cause(self, model_key: str) -> str:
+    def _replica_actors(self, model_key: str, state: str) -> list:
+        """The actors of `model_key`'s Serve replicas in `state` ("ALIVE", "DEAD")."""
         from ray import serve
-        from ray.util.state import get_log, list_actors, list_workers
+        from ray.util.state import list_actors
 
-        timeout = self.STATE_API_TIMEOUT_S
-        # The state API finds "the" Ray instance by itself, and refuses when a machine runs several
-        # (another team's head, a test's): always name ours — the dashboard for listing, the GCS
-        # for logs (get_log takes only a bootstrap address).
-        address = settings.RAY_DASHBOARD_URL
         app = serve.status().applications.get(model_key)
         if app is None:
-            return ""
-        # Serve 2.60 names a replica's actor class ServeReplica:<app>:<deployment> (seen on a real
-        # cluster); filtering on the exact name keeps the query small on a cluster with a long past.
-        dead = [
+            return []
+        # The state API finds "the" Ray instance by itself, and refuses when a machine runs several
+        # (another team's head, a test's): always name ours — the dashboard for listing, the GCS
+        # for logs (get_log takes only a bootstrap address). Serve 2.60 names a replica's actor class
+        # ServeReplica:<app>:<deployment> (seen on a real cluster); filtering on the exact name keeps
+        # the query small on a cluster with a long past.
+        return [
             actor
             for deployment in app.deployments
             for actor in list_actors(
-                address=address,
-                filters=[("class_name", "=", f"ServeReplica:{model_key}:{deployment}"), ("state", "=", "DEAD")],
-                detail=True, limit=10_000, timeout=timeout, raise_on_missing_output=False,
+                address=settings.RAY_DASHBOARD_URL,
+                filters=[("class_name", "=", f"ServeReplica:{model_key}:{deployment}"), ("state", "=", state)],
+                detail=True, limit=10_000, timeout=self.STATE_API_TIMEOUT_S, raise_on_missing_output=False,
             )
         ]
+
+    def _failure_cause(self, model_key: str) -> str:
+        from ray.util.state import get_log, list_workers
+
+        timeout, address = self.STATE_API_TIMEOUT_S, settings.RAY_DASHBOARD_URL
+        dead = self._replica_actors(model_key, "DEAD")
         if not dead:
             return ""
         # Newest first: a model that failed before for another reason has older dead replicas too.
@@ -100,6 +108,41 @@ class RayDiagnosis(Driver):
             if cause:
                 return cause
         return ""
+
+    def engine_log(self, model_key: str) -> str:
+        """The newest ENGINE_LOG_LINES lines of each RUNNING replica process of `model_key` (the Serve
+        actor, where vLLM's engine core logs, and the tensor-parallel workers in its placement group,
+        where rank 0 logs the weights it loaded): what vLLM said about its memory at start. Bounded by
+        FAILURE_CAUSE_TIMEOUT_S; never raises ("" when it cannot tell)."""
+        try:
+            self._connect()
+            return call_with_timeout(self._engine_log, model_key, timeout_s=self.FAILURE_CAUSE_TIMEOUT_S, what="engine_log")
+        except Exception as exc:  # noqa: BLE001 — see above
+            log.warning("could not read %s's engine log: %s: %s", model_key, type(exc).__name__, exc)
+            return ""
+
+    def _engine_log(self, model_key: str) -> str:
+        from ray.util.state import get_log, list_actors
+
+        timeout, address = self.STATE_API_TIMEOUT_S, settings.RAY_DASHBOARD_URL
+        replicas = self._replica_actors(model_key, "ALIVE")
+        groups = {actor.placement_group_id for actor in replicas if actor.placement_group_id}
+        workers = [
+            actor
+            for group in sorted(groups)
+            for actor in list_actors(
+                address=address, filters=[("placement_group_id", "=", group), ("state", "=", "ALIVE")],
+                detail=True, limit=10_000, timeout=timeout, raise_on_missing_output=False,
+            )
+            if actor.actor_id not in {r.actor_id for r in replicas}
+        ]
+        text = ""
+        for actor in [*replicas[:1], *workers]:  # one replica tells: its siblings started the same way
+            try:
+                text += "".join(get_log(address=settings.RAY_ADDRESS, actor_id=actor.actor_id, tail=self.ENGINE_LOG_LINES, suffix="out", timeout=timeout, filter_ansi_code=True))
+            except Exception as exc:  # noqa: BLE001 — a worker's log gone: the others may still say it
+                log.info("no log for actor %s of %s: %s", actor.actor_id, model_key, exc)
+        return text
 
     def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
         """Dead nodes (Ray's state API) where the model's application had replicas, which Serve's

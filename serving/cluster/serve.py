@@ -155,6 +155,11 @@ class ServeControl(abc.ABC):
         most `limit` characters; "" when this client cannot tell. Never raises."""
         return ""
 
+    def engine_log(self, model_key: str) -> str:
+        """The recent log of a running replica of `model_key`, where vLLM says what memory it took at
+        start (serving/vram_fit/vllm_log.py reads it); "" when this client cannot tell. Never raises."""
+        return ""
+
     def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
         """The Ray nodes that died (at or after `since`, epoch seconds) where `model_key` had
         replicas, newest first: {node_id, node_name, address, died_at (epoch s), reason (Ray's

@@ -1,115 +1,99 @@
-"""How much GPU memory one replica needs, and whether each node's GPUs have that much free.
+"""Whether one replica starts on a GPU of a given size, by the rule vLLM itself applies, term by term.
 
-Pure: files and the NVML readings it is handed, no Ray, no database, no torch. The estimate has three
-terms, each kept so a page can show it:
+Pure: files and the figures it is handed, no Ray, no database, no torch. The rule, read from vLLM 0.32
+(vllm/v1/worker/gpu_worker.py `determine_available_memory`, vllm/v1/worker/utils.py `request_memory`,
+vllm/v1/core/kv_cache_utils.py `check_enough_kv_cache_memory`), per GPU of the replica:
 
-- **Weights**, from the safetensors headers alone (an 8-byte little-endian length, then that many
-  bytes of JSON; the tensors are never read). Float tensors (F64/F32/F16/BF16) are held in the dtype
-  vLLM serves in: engine_kwargs `dtype`, else the config's, with float32 checkpoints downcast to 16
-  bits as vLLM's "auto" does on GPUs (`_resolve_auto_dtype`, vllm/config/model.py). Every other dtype
-  (F8_*, I8, U8, the I32 packs of GPTQ/AWQ) weighs what the header says: a quantized checkpoint is
-  what it weighs.
-- **KV cache**: layers × KV heads × head dim × 2 (K and V) × dtype bytes × max_model_len ×
-  max_num_seqs — room for every sequence slot at full length, the worst case the spec allows.
-- **Engine overhead**: ENGINE_OVERHEAD_BYTES per GPU, below.
+1. At start a worker asks for its **share**, ceil(gpu_memory_utilization × the GPU's total), and
+   refuses to start when less than that is free ("Free memory on device … is less than desired GPU
+   memory utilization"). That is the only place free memory matters (report.py compares it).
+2. Inside the share it loads the **weights** (safetensors headers: float tensors in the serving dtype,
+   the rest as stored, split over tensor × pipeline ranks), measures what the instance added outside
+   PyTorch (**non-torch**: cuBLAS workspaces; NCCL's and the custom all-reduce's buffers when tensor
+   parallel), runs one forward pass at max_num_batched_tokens and one sampler pass over max_num_seqs
+   rows of logits (**activations**, their peak), and since vLLM 0.21 profiles the **CUDA graphs** it
+   will capture (unless enforce_eager).
+3. What is left is the **KV cache**. vLLM refuses to start when it cannot hold one sequence of
+   max_model_len tokens ("To serve at least one request with the model's max seq len …", or "No
+   available memory for the cache blocks" when nothing is left); otherwise it logs "GPU KV cache size:
+   N tokens" and "Maximum concurrency for max_model_len tokens per request: N / max_model_len".
 
-Tensor and pipeline parallelism split a replica over `gpus_per_replica` GPUs of one node: the weights
-evenly, the KV cache by layers (pipeline) and KV heads (tensor; a rank keeps at least one head,
-so tensor parallel wider than the KV heads replicates them). `need` is one GPU's share.
-
-What vLLM itself does decides the comparison. At start each worker takes
-ceil(gpu_memory_utilization × the GPU's total) and refuses to start when the GPU has less free
-(`request_memory`, vllm/v1/worker/utils.py); it then fills what weights and activations leave with
-KV blocks. So a GPU holds a replica when its free memory covers
-    required = max(need, gpu_memory_utilization × total)
-— below the second term vLLM does not start; when `need` is the larger, vLLM starts but is allowed
-only its share and cannot keep max_num_seqs full-length sequences at once, which the report says
-(`GpuFit.capped`) with the gpu_memory_utilization that would. A replica's GPUs are on one node
-(STRICT_PACK, serving/gpu_fit.py), and Ray gives a replica whole GPUs, so a GPU holds at most one.
-
-The package keeps each reason to change in its own module: serving/vram_fit/checkpoint.py reads the
-model folder (safetensors headers, config.json), this module turns what it read and the spec into the
-estimate, and serving/vram_fit/report.py compares an estimate with NVML readings and measures deploys.
+So a replica never needs max_num_seqs × max_model_len of KV cache: sequences share the cache, and
+max_num_seqs only sizes the sampler's pass. The activation, non-torch and CUDA-graph terms are modelled
+from the model's shapes and the engine options with the constants below; each constant says where it
+comes from, and tests/serving/vram_reference/ holds the public vLLM logs the whole rule is checked
+against. What vLLM treats specially and the estimate does not model is named (`not_modelled`).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from serving.vram_fit.checkpoint import VramEstimateError, Weights, read_config, read_weights
+from serving.vram_fit.shapes import Shapes, read_shapes
 
 GIB = 1024**3
-# Per GPU, beyond weights and KV cache: the CUDA context with cuBLAS/NCCL workspaces (~0.5-0.8 GiB on
-# Hopper with CUDA 12), the activations of vLLM's profiling forward pass at max_num_batched_tokens
-# (~0.3-1 GiB for models up to ~8B) and CUDA graphs (~0.2-0.5 GiB unless enforce_eager). 2 GiB covers
-# their sum for the models these clusters serve; it is a constant, not a measurement of this model:
-# VramObservation records what deploys really hold so the constant can be corrected from evidence.
-ENGINE_OVERHEAD_BYTES = 2 * GIB
-# vLLM 0.32's CacheConfig default (vllm/config/cache.py); set gpu_memory_utilization in the spec to
-# pin it across vLLM versions (older releases used 0.9).
+MIB = 1024**2
+# vLLM 0.32's CacheConfig default (vllm/config/cache.py); older releases used 0.9, so a spec that
+# must mean the same across versions sets gpu_memory_utilization.
 VLLM_DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
+# vLLM's default KV block on CUDA (CacheConfig.block_size): the cache is counted in whole blocks.
+KV_BLOCK_TOKENS = 16
 
 # Serving dtypes (engine_kwargs `dtype`, config.json's torch_dtype/dtype) -> bytes per element.
 SERVING_DTYPE_BYTES = {"float16": 2, "half": 2, "bfloat16": 2, "float32": 4, "float": 4}
 # kv_cache_dtype values the spec allows beside "auto" (which follows the serving dtype).
 KV_CACHE_DTYPE_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1}
 
+# --- The modelled terms: constants and where they come from -------------------------------------------
+# The shapes are read from vLLM's code; the constants from public vLLM logs, collected with their sources
+# in tests/serving/vram_reference/ (the README there says which case informed which constant; the other
+# cases check them).
+#
+# Non-torch memory the instance adds after the CUDA context: cuBLAS/cuBLASLt workspaces and the like,
+# logged as 0.35 GiB on an RTX 3090 by vLLM 0.6.4 (vllm issue #10517).
+NON_TORCH_BYTES = 350 * MIB
+# Tensor parallel adds NCCL's buffers and the custom all-reduce's IPC buffers on every GPU: 1.79 GiB more
+# non-torch memory at TP 2 on H100 in vLLM 0.6.5 (PR #10511); the llm-d 0.19 sweep's TP 2 and TP 4 runs
+# leave 1.9-2.1 GiB once weights, KV cache, the sampler and NON_TORCH_BYTES are taken out.
+TENSOR_PARALLEL_BUFFERS_BYTES = 2 * GIB
+# The forward pass's peak at T tokens (max_num_batched_tokens), per GPU: T × dtype bytes × (3 × the MLP
+# width / tensor parallel: gate and up, then their product, alive together + 2 × hidden: the residual
+# stream and the normed copy). vLLM 0.6.4 profiled 20,000 and 29,000 tokens of Llama-3.1-8B at 2.07 and
+# 2.99 GiB (issue #10517: peak_torch_memory less the weights), 111 KB a token; this gives 102 KB.
+MLP_WIDTH_COPIES = 3
+HIDDEN_COPIES = 2
+# The sampler's pass over max_num_seqs rows of vocab logits: float32 logits and top-k/top-p's sort of
+# them. In the llm-d 0.19 sweep (H100, 1,024 rows) Llama-3.1-8B, Qwen2.5-7B and Qwen3-8B leave 14.6,
+# 14.5 and 14.6 bytes per logit once weights, KV cache and NON_TORCH_BYTES are taken out of the share.
+SAMPLER_BYTES_PER_LOGIT = 14.5
+# CUDA graphs, profiled inside the share since vLLM 0.21 (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS):
+# vLLM logged "Estimated CUDA graph memory: 0.17 GiB total" for a 64-layer model at TP 4 (club-3090
+# issue #127), ~2.7 MiB per layer and GPU; the graphs' private pool scales with the layers captured.
+CUDA_GRAPH_BYTES_PER_LAYER = 3 * MIB
+
 
 def gib(n: float) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
-# --- vLLM's defaults that depend on the GPU ---------------------------------------------------------
+def vllm_batch_defaults(gpu_total_bytes: int = 0, gpu_name: str = "") -> tuple[int, int]:
+    """vLLM's (max_num_seqs, max_num_batched_tokens) when the spec sets neither, for the OpenAI server
+    usage context Ray Serve LLM starts the engine with (EngineArgs.get_batch_defaults,
+    vllm/engine/arg_utils.py, vLLM 0.32): (1024, 16384) on GPUs of 160 GiB and more; (1024, 8192) on
+    70 GiB and more except A100s; (256, 2048) on the rest and on an unknown GPU."""
+    if gpu_total_bytes >= 160 * GIB:
+        return 1024, 16384
+    if gpu_total_bytes >= 70 * GIB and "a100" not in gpu_name.lower():
+        return 1024, 8192
+    return 256, 2048
+
 
 def vllm_default_max_num_seqs(gpu_total_bytes: int = 0, gpu_name: str = "", max_num_batched_tokens: int | None = None) -> int:
-    """vLLM's max_num_seqs when the spec sets none, for the OpenAI server usage context Ray Serve LLM
-    starts the engine with (ray/llm/_internal/serve/engines/vllm/vllm_engine.py): 1024 on GPUs of 160 GiB
-    and more, and of 70 GiB and more except A100s; 256 on the rest (EngineArgs.get_batch_defaults,
-    vllm/engine/arg_utils.py, vLLM 0.32). vLLM then caps it at max_num_batched_tokens (8192 on the
-    big GPUs, 2048 on the rest, unless the spec sets it). An unknown GPU gets the smaller default."""
-    if gpu_total_bytes >= 160 * GIB:
-        seqs, batched = 1024, 16384
-    elif gpu_total_bytes >= 70 * GIB and "a100" not in gpu_name.lower():
-        seqs, batched = 1024, 8192
-    else:
-        seqs, batched = 256, 2048
+    """vLLM's max_num_seqs when the spec sets none; vLLM caps it at max_num_batched_tokens."""
+    seqs, batched = vllm_batch_defaults(gpu_total_bytes, gpu_name)
     return min(seqs, max_num_batched_tokens or batched)
-
-
-# --- KV cache: config.json + engine_kwargs ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class KvCache:
-    layers: int
-    kv_heads: int
-    head_dim: int
-    dtype: str  # what the KV cache is stored in, e.g. "bfloat16" or "fp8"
-    dtype_bytes: int
-    max_model_len: int
-    max_num_seqs: int
-    max_model_len_from: str  # "engine_kwargs" | "config.json max_position_embeddings"
-    max_num_seqs_from: str  # "engine_kwargs" | "vLLM's default for this GPU" | "vLLM's default (GPU unknown)"
-
-    @property
-    def bytes_per_token(self) -> int:
-        return self.layers * self.kv_heads * self.head_dim * 2 * self.dtype_bytes
-
-    @property
-    def bytes(self) -> int:
-        return self.bytes_per_token * self.max_model_len * self.max_num_seqs
-
-    def per_gpu(self, tensor_parallel: int, pipeline_parallel: int) -> int:
-        layers = math.ceil(self.layers / pipeline_parallel)
-        heads = max(1, self.kv_heads // tensor_parallel)
-        return layers * heads * self.head_dim * 2 * self.dtype_bytes * self.max_model_len * self.max_num_seqs
-
-
-def _positive_int(config: dict, key: str) -> int:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise VramEstimateError(f"config.json's {key} is {value!r}, not a positive whole number: the KV cache cannot be sized.")
-    return value
 
 
 def serving_dtype(config: dict, engine_kwargs: dict) -> str:
@@ -122,46 +106,155 @@ def serving_dtype(config: dict, engine_kwargs: dict) -> str:
     return "bfloat16" if stored == "float32" else stored
 
 
-def kv_cache(config: dict, engine_kwargs: dict, dtype: str) -> KvCache:
-    layers = _positive_int(config, "num_hidden_layers")
-    heads = _positive_int(config, "num_attention_heads")
-    kv_heads = _positive_int(config, "num_key_value_heads") if config.get("num_key_value_heads") is not None else heads
-    if config.get("head_dim") is not None:
-        head_dim = _positive_int(config, "head_dim")
-    else:
-        head_dim = _positive_int(config, "hidden_size") // heads
+def _kv_dtype(engine_kwargs: dict, dtype: str) -> tuple[str, int]:
     kv_dtype = str(engine_kwargs.get("kv_cache_dtype") or "auto")
     if kv_dtype == "auto":
-        kv_dtype, kv_bytes = dtype, SERVING_DTYPE_BYTES[dtype]
-    elif kv_dtype in KV_CACHE_DTYPE_BYTES:
-        kv_bytes = KV_CACHE_DTYPE_BYTES[kv_dtype]
-    else:
-        raise VramEstimateError(f"kv_cache_dtype {kv_dtype!r} is not one the estimate knows ({', '.join(['auto', *KV_CACHE_DTYPE_BYTES])}).")
-    if engine_kwargs.get("max_model_len"):
-        max_model_len, len_from = int(engine_kwargs["max_model_len"]), "engine_kwargs"
-    else:
-        max_model_len, len_from = _positive_int(config, "max_position_embeddings"), "config.json max_position_embeddings"
-    if engine_kwargs.get("max_num_seqs"):
-        seqs, seqs_from = int(engine_kwargs["max_num_seqs"]), "engine_kwargs"
-    else:
-        seqs, seqs_from = vllm_default_max_num_seqs(max_num_batched_tokens=engine_kwargs.get("max_num_batched_tokens")), "vLLM's default (GPU unknown)"
-    return KvCache(layers, kv_heads, head_dim, kv_dtype, kv_bytes, max_model_len, seqs, len_from, seqs_from)
+        return dtype, SERVING_DTYPE_BYTES[dtype]
+    if kv_dtype in KV_CACHE_DTYPE_BYTES:
+        return kv_dtype, KV_CACHE_DTYPE_BYTES[kv_dtype]
+    raise VramEstimateError(f"kv_cache_dtype {kv_dtype!r} is not one the estimate knows ({', '.join(['auto', *KV_CACHE_DTYPE_BYTES])}).")
 
 
-# --- The estimate ------------------------------------------------------------------------------------
+def _whole(engine_kwargs: dict, key: str) -> int | None:
+    value = engine_kwargs.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise VramEstimateError(f"engine_kwargs {key} is {value!r}, not a whole number.") from None
+    if number <= 0:
+        raise VramEstimateError(f"engine_kwargs {key} is {number}; it must be positive.")
+    return number
+
+
+# --- One GPU's budget ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Budget:
+    """One replica on one GPU of `total_bytes`: each term vLLM takes from its share, and the KV cache
+    that is left. Built by Estimate.on_gpu."""
+
+    estimate: "Estimate"
+    total_bytes: int
+    gpu_name: str
+    max_num_seqs: int
+    max_num_seqs_from: str
+    max_num_batched_tokens: int
+    max_num_batched_tokens_from: str
+    non_torch_bytes: int
+    activation_bytes: int
+    cuda_graph_bytes: int
+
+    @property
+    def share_bytes(self) -> int:
+        return math.ceil(self.total_bytes * self.estimate.gpu_memory_utilization)
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.estimate.weights_per_gpu
+
+    @property
+    def non_kv_bytes(self) -> int:
+        return self.weights_bytes + self.non_torch_bytes + self.activation_bytes + self.cuda_graph_bytes
+
+    @property
+    def kv_available_bytes(self) -> int:
+        return self.share_bytes - self.non_kv_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.estimate.kv_bytes_per_token
+
+    @property
+    def kv_tokens(self) -> int:
+        """The tokens the cache holds, in whole blocks (≈ vLLM's "GPU KV cache size: N tokens")."""
+        block = self.kv_bytes_per_token * KV_BLOCK_TOKENS
+        return max(0, self.kv_available_bytes // block) * KV_BLOCK_TOKENS
+
+    @property
+    def one_sequence_bytes(self) -> int:
+        return math.ceil(self.estimate.max_model_len / KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS * self.kv_bytes_per_token
+
+    @property
+    def need_bytes(self) -> int:
+        """The smallest share vLLM starts with: everything but the KV cache, and one full sequence."""
+        return self.non_kv_bytes + self.one_sequence_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.kv_available_bytes > 0 and self.kv_tokens >= self.estimate.max_model_len
+
+    @property
+    def concurrency(self) -> float:
+        """Sequences of max_model_len tokens the cache holds at once (vLLM's "Maximum concurrency")."""
+        return self.kv_tokens / self.estimate.max_model_len
+
+    @property
+    def largest_max_model_len(self) -> int:
+        """The longest max_model_len this GPU starts with, as the options stand otherwise; 0 for none."""
+        return min(self.kv_tokens, self.estimate.shapes.max_position_embeddings)
+
+    @property
+    def utilization_that_fits(self) -> float:
+        """The smallest gpu_memory_utilization that would start (may be above what is sensible)."""
+        return math.ceil(100 * self.need_bytes / self.total_bytes) / 100
+
+    def verdict(self) -> str:
+        e = self.estimate
+        on = f"{self.gpu_name or 'a GPU'} of {gib(self.total_bytes)}"
+        if self.fits:
+            return (f"Fits on {on}: the KV cache holds {self.kv_tokens:,} tokens, {self.concurrency:.2f} sequences of "
+                    f"{e.max_model_len:,} tokens at once.")
+        if self.kv_available_bytes <= 0:
+            return (f"Does not fit on {on}: weights and the engine's own memory take {gib(self.non_kv_bytes)} of vLLM's "
+                    f"{gib(self.share_bytes)} share, so no memory is left for the KV cache.")
+        return (f"Does not fit on {on}: one sequence of {e.max_model_len:,} tokens needs {gib(self.one_sequence_bytes)} of KV "
+                f"cache and {gib(self.kv_available_bytes)} is left; the largest max_model_len that fits is "
+                f"{self.largest_max_model_len:,}.")
+
+    def terms(self) -> list[tuple[str, str, str]]:
+        """(term, GiB per GPU, how it was reached), for a page or a report."""
+        e = self.estimate
+        split = f" ÷ {e.gpus_per_replica} GPUs" if e.gpus_per_replica > 1 else ""
+        checkpoint = ", ".join(f"{d} {gib(b)}" for d, b in e.weights.checkpoint_bytes_by_dtype.items())
+        tp = f" + tensor-parallel buffers {gib(TENSOR_PARALLEL_BUFFERS_BYTES)}" if e.tensor_parallel > 1 else ""
+        return [
+            ("vLLM's share", gib(self.share_bytes), f"gpu_memory_utilization {e.gpu_memory_utilization} ({e.gpu_memory_utilization_from}) × {gib(self.total_bytes)}"),
+            ("weights", gib(self.weights_bytes), f"{e.weights.tensors} tensors in {len(e.weights.files)} file(s) ({checkpoint}), float tensors as {e.dtype}{split}"),
+            ("non-torch", gib(self.non_torch_bytes), f"cuBLAS workspaces and the like {gib(NON_TORCH_BYTES)}{tp}"),
+            ("activations", gib(self.activation_bytes),
+             f"the larger of the profiling forward pass at {self.max_num_batched_tokens:,} tokens ({self.max_num_batched_tokens_from}) "
+             f"and the sampler over {self.max_num_seqs} × {e.shapes.vocab:,} logits ({self.max_num_seqs_from})"),
+            ("CUDA graphs", gib(self.cuda_graph_bytes), "none: enforce_eager" if e.enforce_eager else f"{e.shapes.layers} layers × {CUDA_GRAPH_BYTES_PER_LAYER // MIB} MiB"),
+            ("KV cache", gib(max(0, self.kv_available_bytes)),
+             f"what is left: {self.kv_tokens:,} tokens of {self.kv_bytes_per_token:,} B ({e.kv_dtype}); one sequence of "
+             f"{e.max_model_len:,} tokens ({e.max_model_len_from}) needs {gib(self.one_sequence_bytes)}"),
+        ]
+
+
+# --- The estimate: a model folder and a spec's engine options -----------------------------------------------
 
 @dataclass(frozen=True)
 class Estimate:
     weights: Weights
-    kv: KvCache
+    shapes: Shapes
     dtype: str  # the serving dtype of float weights
+    kv_dtype: str
+    kv_dtype_bytes: int
     gpus_per_replica: int
     tensor_parallel: int
     pipeline_parallel: int
+    max_model_len: int
+    max_model_len_from: str  # "engine_kwargs" | "config.json max_position_embeddings"
     gpu_memory_utilization: float
     gpu_memory_utilization_from: str  # "engine_kwargs" | "vLLM's default"
-    overhead_bytes: int = ENGINE_OVERHEAD_BYTES
-    max_num_batched_tokens: int | None = None  # the spec's, which caps vLLM's default max_num_seqs
+    max_num_seqs: int | None = None  # the spec's; None: vLLM's default for the GPU
+    max_num_batched_tokens: int | None = None
+    enforce_eager: bool = False
+    # vLLM before 0.21 captured CUDA graphs after sizing the KV cache, outside the share.
+    cuda_graphs_in_share: bool = True
+    not_modelled: tuple[str, ...] = field(default=())
 
     @property
     def weights_bytes(self) -> int:
@@ -172,57 +265,81 @@ class Estimate:
         return math.ceil(self.weights_bytes / self.gpus_per_replica)
 
     @property
-    def kv_per_gpu(self) -> int:
-        return self.kv.per_gpu(self.tensor_parallel, self.pipeline_parallel)
+    def kv_bytes_per_token(self) -> int:
+        return self.shapes.kv_bytes_per_token(self.kv_dtype_bytes, self.tensor_parallel, self.pipeline_parallel)
 
-    @property
-    def need_per_gpu(self) -> int:
-        return self.weights_per_gpu + self.kv_per_gpu + self.overhead_bytes
+    def on_gpu(self, total_bytes: int, name: str = "") -> Budget:
+        default_seqs, default_batched = vllm_batch_defaults(total_bytes, name)
+        default_from = "vLLM's default for this GPU" if total_bytes else "vLLM's default (GPU unknown)"
+        batched = self.max_num_batched_tokens or default_batched
+        seqs = self.max_num_seqs or min(default_seqs, batched)
+        s, tp = self.shapes, self.tensor_parallel
+        dtype_bytes = SERVING_DTYPE_BYTES[self.dtype]
+        forward = batched * dtype_bytes * (MLP_WIDTH_COPIES * s.intermediate // tp + HIDDEN_COPIES * s.hidden)
+        sampler = int(seqs * s.vocab * SAMPLER_BYTES_PER_LOGIT)
+        graphs = 0 if self.enforce_eager or not self.cuda_graphs_in_share else -(-s.layers // self.pipeline_parallel) * CUDA_GRAPH_BYTES_PER_LAYER
+        return Budget(
+            self, total_bytes, name, seqs, "engine_kwargs" if self.max_num_seqs else default_from,
+            batched, "engine_kwargs" if self.max_num_batched_tokens else default_from,
+            NON_TORCH_BYTES + (TENSOR_PARALLEL_BUFFERS_BYTES if tp > 1 else 0), max(forward, sampler), graphs,
+        )
 
-    def vllm_share(self, total_bytes: int) -> int:
-        return math.ceil(total_bytes * self.gpu_memory_utilization)
+    def with_changes(self, *, max_model_len: int | None = None, gpus_per_replica: int | None = None) -> "Estimate":
+        """The same model and options with another max_model_len or GPUs per replica (what-if advice)."""
+        changed = self
+        if max_model_len is not None:
+            changed = replace(changed, max_model_len=max_model_len, max_model_len_from="what-if")
+        if gpus_per_replica is not None:
+            changed = replace(changed, gpus_per_replica=gpus_per_replica, tensor_parallel=max(1, gpus_per_replica // self.pipeline_parallel))
+        return changed
 
-    def required_per_gpu(self, total_bytes: int) -> int:
-        return max(self.need_per_gpu, self.vllm_share(total_bytes))
+    def with_utilization(self, utilization: float) -> "Estimate":
+        return replace(self, gpu_memory_utilization=utilization, gpu_memory_utilization_from="what-if")
 
-    def for_gpu(self, total_bytes: int, name: str = "") -> "Estimate":
-        """This estimate on a given GPU: vLLM's default max_num_seqs depends on the GPU."""
-        if self.kv.max_num_seqs_from == "engine_kwargs":
-            return self
-        seqs = vllm_default_max_num_seqs(total_bytes, name, self.max_num_batched_tokens)
-        return replace(self, kv=replace(self.kv, max_num_seqs=seqs, max_num_seqs_from="vLLM's default for this GPU"))
+    def with_fp8_kv(self) -> "Estimate":
+        return replace(self, kv_dtype="fp8", kv_dtype_bytes=KV_CACHE_DTYPE_BYTES["fp8"])
 
-    def terms(self) -> list[tuple[str, str, str]]:
-        """(term, GiB per GPU, how it was reached), for a page or a report."""
-        kv, split = self.kv, f" ÷ {self.gpus_per_replica} GPUs" if self.gpus_per_replica > 1 else ""
-        checkpoint = ", ".join(f"{d} {gib(b)}" for d, b in self.weights.checkpoint_bytes_by_dtype.items())
-        return [
-            ("weights", gib(self.weights_per_gpu), f"{self.weights.tensors} tensors in {len(self.weights.files)} file(s) ({checkpoint}), float tensors as {self.dtype}{split}"),
-            ("KV cache", gib(self.kv_per_gpu),
-             f"{kv.layers} layers × {kv.kv_heads} KV heads × {kv.head_dim} head dim × 2 × {kv.dtype_bytes} B ({kv.dtype}) × "
-             f"{kv.max_model_len} tokens ({kv.max_model_len_from}) × {kv.max_num_seqs} sequences ({kv.max_num_seqs_from}){split}"),
-            ("engine overhead", gib(self.overhead_bytes), "CUDA context, activations, CUDA graphs (a fixed allowance)"),
-        ]
+    def smallest_gpus_per_replica(self, total_bytes: int, name: str = "", most: int = 8) -> int | None:
+        """The fewest GPUs per replica (tensor parallel: a power of two dividing the attention heads, as
+        vLLM requires) with which the replica starts on GPUs of this size; None up to `most`."""
+        tp = 1
+        while tp * self.pipeline_parallel <= most:
+            if self.shapes.heads % tp == 0 and self.with_changes(gpus_per_replica=tp * self.pipeline_parallel).on_gpu(total_bytes, name).fits:
+                return tp * self.pipeline_parallel
+            tp *= 2
+        return None
 
 
 def estimate(model_dir: Path | str, engine_kwargs: dict | None, gpus_per_replica: int) -> Estimate:
-    """The memory one replica needs per GPU; VramEstimateError when the folder cannot tell."""
+    """The estimate for one replica of this folder with these engine options; VramEstimateError when
+    the folder cannot tell."""
     folder, engine_kwargs = Path(model_dir), dict(engine_kwargs or {})
     config = read_config(folder)
+    weights = read_weights(folder)  # first: a folder without weights says so before any config field
     dtype = serving_dtype(config, engine_kwargs)
     if dtype not in SERVING_DTYPE_BYTES:
         raise VramEstimateError(f"The model's dtype {dtype!r} is not one vLLM serves in ({', '.join(sorted(SERVING_DTYPE_BYTES))}).")
+    shapes = read_shapes(config)
+    kv_dtype, kv_bytes = _kv_dtype(engine_kwargs, dtype)
     gpus = max(1, int(gpus_per_replica))
-    pipeline = max(1, int(engine_kwargs.get("pipeline_parallel_size") or 1))
+    pipeline = max(1, _whole(engine_kwargs, "pipeline_parallel_size") or 1)
+    max_model_len = _whole(engine_kwargs, "max_model_len")
     utilization = engine_kwargs.get("gpu_memory_utilization")
     return Estimate(
-        weights=read_weights(folder),
-        kv=kv_cache(config, engine_kwargs, dtype),
+        weights=weights,
+        shapes=shapes,
         dtype=dtype,
+        kv_dtype=kv_dtype,
+        kv_dtype_bytes=kv_bytes,
         gpus_per_replica=gpus,
         tensor_parallel=max(1, gpus // pipeline),
         pipeline_parallel=pipeline,
+        max_model_len=max_model_len or shapes.max_position_embeddings,
+        max_model_len_from="engine_kwargs" if max_model_len else "config.json max_position_embeddings",
         gpu_memory_utilization=float(utilization) if utilization else VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
         gpu_memory_utilization_from="engine_kwargs" if utilization else "vLLM's default",
-        max_num_batched_tokens=engine_kwargs.get("max_num_batched_tokens"),
+        max_num_seqs=_whole(engine_kwargs, "max_num_seqs"),
+        max_num_batched_tokens=_whole(engine_kwargs, "max_num_batched_tokens"),
+        enforce_eager=bool(engine_kwargs.get("enforce_eager")),
+        not_modelled=shapes.not_modelled,
     )

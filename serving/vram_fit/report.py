@@ -8,7 +8,7 @@ import math
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from serving.vram_fit.estimation import Estimate, gib
+from serving.vram_fit.estimation import KV_BLOCK_TOKENS, Budget, Estimate, gib
 
 # How NVML names the processes of a Serve replica: Ray's actor (its process title), and vLLM's engine
 # and workers (vLLM sets their titles). Anything else holding GPU memory is not a replica.
@@ -32,46 +32,57 @@ class Holder:
 
 @dataclass(frozen=True)
 class GpuFit:
+    """One GPU against the estimate: whether vLLM would start a replica there (its share is free, and
+    the share holds the weights, the engine's own memory and one full-length sequence of KV cache)."""
+
     node: str  # how the report names the node: its address, else the start of its id
     index: int
     name: str
     total_bytes: int = 0
     free_bytes: int = 0
-    need_bytes: int = 0
-    required_bytes: int = 0
-    vllm_share_bytes: int = 0
+    budget: Budget | None = None
     holders: tuple[Holder, ...] = ()
     error: str = ""  # why this GPU has no memory reading
 
     @property
+    def share_bytes(self) -> int:
+        return self.budget.share_bytes if self.budget else 0
+
+    @property
+    def need_bytes(self) -> int:
+        return self.budget.need_bytes if self.budget else 0
+
+    @property
+    def share_is_free(self) -> bool:
+        return self.free_bytes >= self.share_bytes
+
+    @property
     def fits(self) -> bool:
-        return not self.error and self.free_bytes >= self.required_bytes
+        return not self.error and self.budget is not None and self.budget.fits and self.share_is_free
+
+    @property
+    def shortfall_bytes(self) -> int:
+        """Free memory missing for vLLM's share (0 when the problem is the share's size, not what is free)."""
+        return max(0, self.share_bytes - self.free_bytes)
 
     @property
     def figures(self) -> dict[str, str]:
         """The GiB figures as a page shows them."""
-        return {k: gib(getattr(self, f"{k}_bytes")) for k in ("total", "free", "need", "required", "vllm_share", "shortfall")}
-
-    @property
-    def shortfall_bytes(self) -> int:
-        return max(0, self.required_bytes - self.free_bytes)
-
-    @property
-    def capped(self) -> bool:
-        """vLLM's share is smaller than what the spec's sequences need."""
-        return self.need_bytes > self.vllm_share_bytes
+        return {k: gib(getattr(self, f"{k}_bytes")) for k in ("total", "free", "share", "need", "shortfall")}
 
     def sentence(self) -> str:
         where = f"GPU {self.index} on node {self.node}"
-        if self.error:
+        if self.error or self.budget is None:
             return f"{where} was not read: {self.error}"
-        text = f"{where} has {gib(self.free_bytes)} free of {gib(self.total_bytes)}; a replica needs {gib(self.required_bytes)} there"
-        if not self.fits:
-            text += f", {gib(self.shortfall_bytes)} short"
+        text = f"{where} has {gib(self.free_bytes)} free of {gib(self.total_bytes)}"
+        if not self.budget.fits:
+            return f"{text}. {self.budget.verdict()}"
+        if not self.share_is_free:
+            text += (f"; vLLM asks for its share of {gib(self.share_bytes)} at start and refuses with less free: "
+                     f"{gib(self.shortfall_bytes)} short")
             held = "; ".join(h.sentence() for h in self.holders)
-            if held:
-                text += f". {held}"
-        return text + "."
+            return text + (f". {held}." if held else ".")
+        return f"{text}; the KV cache would hold {self.budget.kv_tokens:,} tokens ({self.budget.concurrency:.2f} full-length sequences)."
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,11 @@ class NodeFit:
     @property
     def replicas(self) -> int:
         return sum(g.fits for g in self.gpus) // self.gpus_per_replica
+
+
+# The most advice ever suggests: vLLM's share must leave the CUDA context and other processes room,
+# and 1.0 fails at start on any GPU that anything else touches.
+HIGHEST_ADVISED_UTILIZATION = 0.95
 
 
 @dataclass(frozen=True)
@@ -114,31 +130,51 @@ class FitReport:
     def short(self) -> list[GpuFit]:
         return [g for g in self.gpus if not g.fits]
 
-    @property
-    def capped(self) -> list[GpuFit]:
-        return [g for g in self.gpus if g.fits and g.capped]
-
     def summary(self) -> str:
         if not self.checked:
             return f"Not checked: {self.reason}."
         wanted = f"{self.replicas} replica(s) of {self.estimate.gpus_per_replica} GPU(s)"
         if self.fits:
             return f"Fits: the GPUs have room for {self.replicas_placeable} replica(s), {wanted} wanted."
-        worst = max(self.short, key=lambda g: g.shortfall_bytes, default=None)
+        worst = next((g for g in self.short if g.budget is not None and not g.budget.fits), None)
+        worst = worst or max(self.short, key=lambda g: g.shortfall_bytes, default=None)
         detail = f" {worst.sentence()}" if worst else ""
         return f"Does not fit: the GPUs have room for {self.replicas_placeable} of {wanted}.{detail}"
 
-    def capped_advice(self) -> str:
-        if not self.capped:
-            return ""
-        gpu = self.capped[0]
-        utilization = math.ceil(100 * gpu.need_bytes / gpu.total_bytes) / 100
-        return (
-            f"vLLM takes gpu_memory_utilization {self.estimate.gpu_memory_utilization} × {gib(gpu.total_bytes)} = {gib(gpu.vllm_share_bytes)} "
-            f"on GPU {gpu.index} of node {gpu.node}, less than the {gib(gpu.need_bytes)} that {self.estimate.kv.max_num_seqs} sequences of "
-            f"{self.estimate.kv.max_model_len} tokens need: it will run fewer at once. Set gpu_memory_utilization to {min(utilization, 1.0)}"
-            " or lower max_num_seqs / max_model_len."
-        )
+    def advice(self) -> str:
+        """What would make a GPU that is too small, or too full, fit; "" when nothing would."""
+        small = next((g for g in self.gpus if g.budget is not None and not g.budget.fits), None)
+        if small:
+            return fixes(small.budget)
+        crowded = next((g for g in self.gpus if g.budget is not None and not g.share_is_free), None)
+        return smaller_share(crowded) if crowded else ""
+
+
+def smaller_share(gpu: GpuFit) -> str:
+    """A GPU whose free memory is below vLLM's share: the share that is free, if the replica starts in it."""
+    utilization = math.floor(100 * gpu.free_bytes / gpu.total_bytes) / 100
+    smaller = gpu.budget.estimate.with_utilization(utilization).on_gpu(gpu.total_bytes, gpu.name) if utilization > 0 else None
+    if smaller is None or not smaller.fits:
+        return ""
+    return (f"gpu_memory_utilization: {utilization} asks only for what GPU {gpu.index} on node {gpu.node} has free; "
+            f"the KV cache would then hold {smaller.kv_tokens:,} tokens.")
+
+
+def fixes(budget: Budget) -> str:
+    """The changes that would make `budget`'s GPU start the replica, each checked with the estimate."""
+    e, steps = budget.estimate, []
+    if budget.largest_max_model_len >= KV_BLOCK_TOKENS:
+        steps.append(f"max_model_len: {budget.largest_max_model_len:,} (or less)")
+    if e.kv_dtype_bytes > 1 and e.with_fp8_kv().on_gpu(budget.total_bytes, budget.gpu_name).fits:
+        steps.append("kv_cache_dtype: fp8")
+    if budget.utilization_that_fits <= HIGHEST_ADVISED_UTILIZATION and budget.utilization_that_fits > e.gpu_memory_utilization:
+        steps.append(f"gpu_memory_utilization: {budget.utilization_that_fits}")
+    gpus = e.smallest_gpus_per_replica(budget.total_bytes, budget.gpu_name)
+    if gpus and gpus > e.gpus_per_replica:
+        steps.append(f"gpus_per_replica: {gpus}")
+    if not steps:
+        return "Nothing in the options makes it fit on this GPU: a larger GPU, or a smaller or quantized model."
+    return "Any one of these would make it fit: " + "; ".join(steps) + "."
 
 
 def node_name(node: dict) -> str:
@@ -183,7 +219,6 @@ def _gpu_fit(estimate: Estimate, node_id: str, node: str, gpu: dict, replica_pid
     total, used = gpu.get("memory_total_bytes"), gpu.get("memory_used_bytes")
     if gpu.get("error") or not total or used is None:
         return GpuFit(node, index, label, error=str(gpu.get("error") or "NVML reported no memory figures"))
-    on_gpu = estimate.for_gpu(int(total), label)
     holders = [
         Holder(int(p["pid"]), int(p["used_bytes"]), str(p.get("name") or ""), (node_id, int(p["pid"])) in replica_pids)
         for p in gpu.get("processes") or []
@@ -191,10 +226,7 @@ def _gpu_fit(estimate: Estimate, node_id: str, node: str, gpu: dict, replica_pid
     ]
     # Memory no replica holds first: it is what a person can free.
     holders.sort(key=lambda h: (h.is_replica, -h.used_bytes))
-    return GpuFit(
-        node, index, label, int(total), max(0, int(total) - int(used)),
-        on_gpu.need_per_gpu, on_gpu.required_per_gpu(int(total)), on_gpu.vllm_share(int(total)), tuple(holders),
-    )
+    return GpuFit(node, index, label, int(total), max(0, int(total) - int(used)), estimate.on_gpu(int(total), label), tuple(holders))
 
 
 # --- Estimate vs actual ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from serving.vram_fit import GIB, serving_pids
 from tests.health.gpu_readings import gpu, node
 from tests.serving.test_vram_fit import llama_8b, write_config
 
-SMALL_KV = {"max_model_len": 8192, "max_num_seqs": 16}  # need: 14.96 + 16 + 2 = 33.0 GiB per GPU
+SMALL_KV = {"max_model_len": 8192, "max_num_seqs": 16}  # one 8k sequence: 1 GiB of KV cache
 NODE = "a" * 56
 
 
@@ -46,15 +46,15 @@ def test_it_passes_with_the_numbers_when_the_replica_fits(model):
     result = vram.check(context(model, [free_h100()]))
 
     assert result.status == OK and result.remedy == ""
-    assert result.summary == (
-        "Fits: the GPUs have room for 1 replica(s), 1 replica(s) of 1 GPU(s) wanted. "
-        "Each replica needs 33.0 GiB per GPU (weights 15.0 GiB + KV cache 16.0 GiB + engine overhead 2.0 GiB)."
-    )
+    assert result.summary.startswith("Fits: the GPUs have room for 1 replica(s), 1 replica(s) of 1 GPU(s) wanted. "
+                                     "Fits on NVIDIA H100 80GB HBM3 of 80.0 GiB: the KV cache holds ")
     terms = {e.item: e.effective for e in result.evidence}
-    assert terms["weights"] == "15.0 GiB" and terms["KV cache"] == "16.0 GiB" and terms["engine overhead"] == "2.0 GiB"
+    assert terms["vLLM's share"] == "73.6 GiB" and terms["weights"] == "15.0 GiB"
     # vLLM takes 0.92 of the GPU at start, so that is what must be free: 73.6 GiB of the 79.0 free.
     assert terms["GPU 0 on node 10.0.0.1"] == "79.0 GiB free of 80.0 GiB"
-    assert result.data["vram"]["need_per_gpu_bytes"] == 35_387_875_328 and result.data["vram"]["fits"] is True
+    [gpu_data] = result.data["vram"]["gpus"]
+    assert gpu_data["share_bytes"] == 79_027_398_247 and gpu_data["fits"] is True and result.data["vram"]["fits"] is True
+    assert gpu_data["kv_tokens"] * 131_072 <= gpu_data["kv_available_bytes"] < (gpu_data["kv_tokens"] + 16) * 131_072
 
 
 @pytest.mark.parametrize("mode, status", [("warn", WARN), ("fail", FAIL)])
@@ -65,11 +65,12 @@ def test_a_shortfall_warns_or_fails_by_mode_and_names_who_holds_the_memory(model
 
     assert result.status == status and not result.forceable
     assert result.summary.startswith("Does not fit: the GPUs have room for 0 of 1 replica(s) of 1 GPU(s).")
-    assert ("GPU 0 on node 10.0.0.1 has 60.0 GiB free of 80.0 GiB; a replica needs 73.6 GiB there, 13.6 GiB short. "
-            "PID 4242 (python3) holds 6.0 GiB and is not a replica; PID 777 (ray::ServeReplica:bob-202612011500-x:LLMServer) "
-            "holds 14.0 GiB and is a Serve replica.") in result.summary
-    # The need (33.0 GiB) would fit the 60 GiB free: it is vLLM's 0.92 share that does not.
-    assert result.remedy.startswith("Free the GPU memory that processes which are not replicas hold (PID 4242); lower gpu_memory_utilization to 0.42")
+    assert ("GPU 0 on node 10.0.0.1 has 60.0 GiB free of 80.0 GiB; vLLM asks for its share of 73.6 GiB at start and refuses "
+            "with less free: 13.6 GiB short. PID 4242 (python3) holds 6.0 GiB and is not a replica; PID 777 "
+            "(ray::ServeReplica:bob-202612011500-x:LLMServer) holds 14.0 GiB and is a Serve replica.") in result.summary
+    # The model itself would start in the 60 GiB that are free: it is vLLM's 0.92 share that does not.
+    assert result.remedy.startswith("Free the GPU memory that processes which are not replicas hold (PID 4242). "
+                                    "gpu_memory_utilization: 0.75 asks only for what GPU 0 on node 10.0.0.1 has free")
     [line] = [e for e in result.evidence if e.item.startswith("GPU ")]
     assert line.status == status
 
@@ -88,7 +89,8 @@ def test_without_a_gpu_reading_it_warns_not_checked_with_the_reason_even_in_fail
     result = vram.check(context(model, [], mode="fail", note="the health probe has read no GPU (no GPU node, or the probe has not run yet)"))
     assert result.status == WARN
     assert result.summary.startswith("Not checked: the health probe has read no GPU")
-    assert "By the folder alone, each replica needs 33.0 GiB per GPU" in result.summary  # the estimate is still shown
+    # The estimate is still shown: 15.0 GiB of weights, 8,192 tokens × 128 KiB of KV cache.
+    assert "By the folder alone, each replica needs 15.0 GiB of weights per GPU and 1.0 GiB of KV cache for one sequence of 8,192 tokens" in result.summary
 
 
 @pytest.mark.parametrize("mode, status", [("warn", WARN), ("fail", FAIL)])

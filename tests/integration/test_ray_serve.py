@@ -127,6 +127,17 @@ def test_an_applied_model_runs_and_answers_through_the_router(ray_head, client, 
     assert "".join(c.choices[0].text for c in streamed)
 
 
+def test_the_engine_log_says_what_memory_vllm_took_at_start(ray_head, client, deployed):
+    """What observe_vram scores the VRAM estimate against, read from the real replica's log."""
+    from serving.vram_fit.vllm_log import read_startup
+
+    logged = read_startup(client.engine_log(MODEL))
+    print(f"\nvLLM logged at start: {logged.as_dict()}")
+    assert logged.device == "CPU" and logged.kv_tokens > 0
+    assert logged.max_model_len == 256 and logged.concurrency == pytest.approx(logged.kv_tokens / 256, abs=0.01)
+    assert client.engine_log("no-such-model") == ""
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_engine_error_keeps_its_status_through_the_router(ray_head, deployed, stream):
     import openai

@@ -180,6 +180,7 @@ class FakeServeControl(FakeCluster, ServeControl):
         self.fail_deploy: dict[str, str] = {}
         self.unschedulable: dict[str, str] = {}
         self.causes: dict[str, str] = {}
+        self.engine_logs: dict[str, str] = {}  # what a replica "logged" at start, for observe_vram
         self.starts = 0
         self.envs: dict[str, dict] = {}  # model_key -> the env vars its replicas got at the last apply
         self.dead_nodes: list[dict] = []  # lose_node()'s, oldest first, with the apps that had replicas there
@@ -256,6 +257,10 @@ class FakeServeControl(FakeCluster, ServeControl):
     def failure_cause(self, model_key: str, limit: int = 2000) -> str:
         self._enter("failure_cause")
         return self.causes.get(model_key, "")
+
+    def engine_log(self, model_key: str) -> str:
+        self._enter("engine_log")
+        return self.engine_logs.get(model_key, "")
 
     def lost_nodes(self, model_key: str, since: float = 0) -> list[dict]:
         self._enter("lost_nodes")

@@ -87,69 +87,37 @@ LLAMA_8B_KV_PER_TOKEN = 131_072
 
 
 def test_an_8b_sharded_checkpoint_weighs_what_its_headers_say(tmp_path):
-    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192, "max_num_seqs": 16}, 1)
+    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192}, 1)
 
     assert e.weights.files == ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
     assert e.weights.tensors == 2 + 32 * 9 + 1
     assert e.weights.checkpoint_bytes_by_dtype == {"BF16": LLAMA_8B_BF16_BYTES}
     assert e.weights_per_gpu == LLAMA_8B_BF16_BYTES
-    assert e.kv.bytes_per_token == LLAMA_8B_KV_PER_TOKEN
-    assert e.kv_per_gpu == LLAMA_8B_KV_PER_TOKEN * 8192 * 16 == 16 * GIB
-    assert e.overhead_bytes == vram_fit.ENGINE_OVERHEAD_BYTES == 2 * GIB
-    assert e.need_per_gpu == 35_387_875_328  # 14.96 + 16 + 2 GiB
-
-
-def test_kv_settings_change_the_kv_term_as_the_formula_says(tmp_path):
-    folder = llama_8b(tmp_path / "llama-8b")
-
-    fp8 = estimate(folder, {"max_model_len": 8192, "max_num_seqs": 16, "kv_cache_dtype": "fp8"}, 1)
-    assert fp8.kv.dtype_bytes == 1 and fp8.kv_per_gpu == 8 * GIB  # half of bf16's 16 GiB
-    longer = estimate(folder, {"max_model_len": 32768, "max_num_seqs": 4}, 1)
-    assert longer.kv_per_gpu == LLAMA_8B_KV_PER_TOKEN * 32768 * 4 == 16 * GIB
-    # Nothing in engine_kwargs: config's 131072 positions × vLLM's 256 sequences (GPU unknown).
-    default = estimate(folder, {}, 1)
-    assert (default.kv.max_model_len, default.kv.max_model_len_from) == (131072, "config.json max_position_embeddings")
-    assert (default.kv.max_num_seqs, default.kv.max_num_seqs_from) == (256, "vLLM's default (GPU unknown)")
-    assert default.kv_per_gpu == LLAMA_8B_KV_PER_TOKEN * 131072 * 256 == 4096 * GIB
-
-
-def test_tensor_and_pipeline_parallel_split_weights_and_kv_over_the_replicas_gpus(tmp_path):
-    folder = llama_8b(tmp_path / "llama-8b")
-    kwargs = {"max_model_len": 8192, "max_num_seqs": 16}
-
-    tp2 = estimate(folder, kwargs, 2)
-    assert (tp2.tensor_parallel, tp2.pipeline_parallel) == (2, 1)
-    assert tp2.weights_per_gpu == LLAMA_8B_BF16_BYTES // 2 and tp2.kv_per_gpu == 8 * GIB  # 4 of 8 KV heads per GPU
-    pp = estimate(folder, {**kwargs, "pipeline_parallel_size": 2}, 4)
-    assert (pp.tensor_parallel, pp.pipeline_parallel) == (2, 2)
-    assert pp.weights_per_gpu == LLAMA_8B_BF16_BYTES // 4 and pp.kv_per_gpu == 4 * GIB  # 16 layers, 4 heads
-    # Wider than the 8 KV heads: each GPU keeps a whole head (vLLM replicates them), not half of one.
-    tp16 = estimate(folder, kwargs, 16)
-    assert tp16.kv_per_gpu == 2 * GIB  # 32 layers × 1 head × 128 × 2 × 2 B × 8192 × 16
+    assert e.kv_bytes_per_token == LLAMA_8B_KV_PER_TOKEN
 
 
 def test_float_weights_are_held_in_the_serving_dtype_and_quantized_ones_as_stored(tmp_path):
-    folder = write_config(tmp_path / "mixed", hidden_size=1024, num_hidden_layers=2, num_attention_heads=8, max_position_embeddings=2048, torch_dtype="float32")
+    folder = write_config(tmp_path / "mixed", hidden_size=1024, intermediate_size=4096, vocab_size=1000, num_hidden_layers=2, num_attention_heads=8, max_position_embeddings=2048, torch_dtype="float32")
     write_safetensors(folder / "model.safetensors", {
         "a": ("F32", [1024, 1024]),  # 4 MiB stored, 1,048,576 elements
         "q": ("I8", [2048, 1024]),  # 2 MiB of int8, kept as is
         "s": ("F8_E4M3", [1024, 1024]),  # 1 MiB of fp8, kept as is
     })
-    auto = estimate(folder, {"max_model_len": 16, "max_num_seqs": 1}, 1)
+    auto = estimate(folder, {"max_model_len": 16}, 1)
     assert auto.weights.checkpoint_bytes_by_dtype == {"F32": 4 * 2**20, "F8_E4M3": 2**20, "I8": 2 * 2**20}
     # "auto" on a float32 checkpoint: vLLM serves bfloat16, so the F32 tensor takes 2 MiB.
     assert auto.dtype == "bfloat16" and auto.weights_per_gpu == 2 * 2**20 + 2 * 2**20 + 2**20
-    full = estimate(folder, {"dtype": "float32", "max_model_len": 16, "max_num_seqs": 1}, 1)
+    full = estimate(folder, {"dtype": "float32", "max_model_len": 16}, 1)
     assert full.weights_per_gpu == 4 * 2**20 + 2 * 2**20 + 2**20
-    # KV follows the serving dtype too: 2 layers × 8 heads × 128 × 2 × 4 B × 16 × 1.
-    assert full.kv_per_gpu == 2 * 8 * 128 * 2 * 4 * 16
+    # KV follows the serving dtype too: 2 layers × 8 heads × 128 × 2 (K, V) × 4 B per token.
+    assert full.kv_bytes_per_token == 2 * 8 * 128 * 2 * 4
 
 
 def test_files_written_by_the_safetensors_library_read_the_same(tmp_path):
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
 
-    folder = write_config(tmp_path / "real", hidden_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+    folder = write_config(tmp_path / "real", hidden_size=64, intermediate_size=128, vocab_size=100, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                           head_dim=32, max_position_embeddings=128, dtype="float16")
     tensors = {
         "w16": torch.zeros(64, 64, dtype=torch.float16),
@@ -159,33 +127,21 @@ def test_files_written_by_the_safetensors_library_read_the_same(tmp_path):
     }
     save_file(tensors, str(folder / "model.safetensors"))
 
-    e = estimate(folder, {"max_model_len": 128, "max_num_seqs": 2}, 1)
+    e = estimate(folder, {"max_model_len": 128}, 1)
     assert e.weights.checkpoint_bytes_by_dtype == {"BF16": 30, "F16": 8192, "F8_E4M3": 77, "I32": 24}
     assert e.dtype == "float16" and e.weights_per_gpu == 2 * (64 * 64 + 15) + 77 + 24
-    # head_dim from config (32, not hidden 64 / 4 heads), 2 KV heads: 1 × 2 × 32 × 2 × 2 B × 128 × 2.
-    assert e.kv_per_gpu == 65_536
+    # head_dim from config (32, not hidden 64 / 4 heads), 2 KV heads: 1 layer × 2 × 32 × 2 (K, V) × 2 B.
+    assert e.kv_bytes_per_token == 256
 
 
 def test_the_tiny_demo_model_is_estimated_from_its_own_files(tiny_model):
     config = json.loads((tiny_model / "config.json").read_text())
     assert (config["vocab_size"], config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]) == (512, 128, 256, 2)
-    e = estimate(tiny_model, {"max_model_len": 256, "max_num_seqs": 4}, 1)
+    e = estimate(tiny_model, {"max_model_len": 256}, 1)
     # Tied embeddings, one copy: 512 × 128 + 2 × (4 × 128² + 3 × 128 × 256 + 2 × 128) + 128 = 393,856 F32 params.
     assert e.weights.checkpoint_bytes_by_dtype == {"F32": 393_856 * 4}
     assert e.weights_per_gpu == 393_856 * 2  # served as bfloat16
-    assert e.kv_per_gpu == 2 * 4 * 32 * 2 * 2 * 256 * 4  # 2 layers × 4 heads × 32 dim × K,V × 2 B × 256 × 4
-
-
-def test_vllms_default_max_num_seqs_follows_the_gpu(tmp_path):
-    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 1024}, 1)
-    assert e.for_gpu(80 * GIB, "NVIDIA H100 80GB HBM3").kv.max_num_seqs == 1024
-    assert e.for_gpu(80 * GIB, "NVIDIA A100-SXM4-80GB").kv.max_num_seqs == 256
-    assert e.for_gpu(141 * GIB, "NVIDIA H200").kv.max_num_seqs == 1024
-    assert e.for_gpu(24 * GIB, "NVIDIA L4").kv.max_num_seqs == 256
-    capped = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 1024, "max_num_batched_tokens": 512}, 1)
-    assert capped.for_gpu(80 * GIB, "NVIDIA H100 80GB HBM3").kv.max_num_seqs == 512
-    pinned = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 1024, "max_num_seqs": 8}, 1)
-    assert pinned.for_gpu(80 * GIB, "NVIDIA H100 80GB HBM3").kv.max_num_seqs == 8
+    assert e.kv_bytes_per_token == 2 * 4 * 32 * 2 * 2  # 2 layers × 4 heads × 32 dim × K,V × 2 B
 
 
 # --- refused folders -------------------------------------------------------------------------------
@@ -242,45 +198,8 @@ def test_a_folder_without_config_or_weights_says_what_is_missing(tmp_path):
 
 # --- fit ---------------------------------------------------------------------------------------------
 
-def test_required_is_vllms_share_of_the_gpu_or_the_need_whichever_is_larger(tmp_path):
-    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192, "max_num_seqs": 16}, 1)
-    # 0.92 × 80 GiB = 79,027,398,246.4 → vLLM asks for 79,027,398,247 bytes (73.6 GiB) > need 33.0 GiB.
-    assert e.required_per_gpu(80 * GIB) == 79_027_398_247
-    small = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192, "max_num_seqs": 16, "gpu_memory_utilization": 0.3}, 1)
-    assert small.required_per_gpu(80 * GIB) == small.need_per_gpu == 35_387_875_328
-
-
-def test_it_fits_an_80_gib_gpu_with_room_and_says_so(tmp_path):
-    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192, "max_num_seqs": 16}, 1)
-    report = fit(e, [node(gpus=[gpu(0, memory_used_bytes=1 * GIB, processes=[])])])
-    assert report.checked and report.fits and report.replicas_placeable == 1
-    assert report.summary() == "Fits: the GPUs have room for 1 replica(s), 1 replica(s) of 1 GPU(s) wanted."
-
-
-def test_when_it_does_not_fit_it_says_by_how_much_and_who_holds_the_memory(tmp_path):
-    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192, "max_num_seqs": 16, "gpu_memory_utilization": 0.5}, 1)
-    # 24 GiB GPU with 12.7 GiB used: 11.3 GiB free; the need (33.0 GiB) is above vLLM's 12 GiB share.
-    used = int(12.7 * GIB)
-    holders = [
-        {"pid": 4242, "name": "python3", "used_bytes": 6 * GIB, "kind": "compute"},
-        {"pid": 777, "name": "VLLM::EngineCore", "used_bytes": used - 6 * GIB, "kind": "compute"},
-    ]
-    reading = node("a" * 56, gpus=[gpu(0, name="NVIDIA L4", memory_total_bytes=24 * GIB, memory_used_bytes=used, processes=holders)], address="10.0.0.7")
-    report = fit(e, [reading], replica_pids={("a" * 56, 777)})
-
-    assert not report.fits and report.replicas_placeable == 0
-    [short] = report.short
-    assert short.free_bytes == 24 * GIB - used and short.required_bytes == 35_387_875_328
-    assert short.shortfall_bytes == 35_387_875_328 - (24 * GIB - used)
-    assert short.sentence() == (
-        "GPU 0 on node 10.0.0.7 has 11.3 GiB free of 24.0 GiB; a replica needs 33.0 GiB there, 21.7 GiB short. "
-        "PID 4242 (python3) holds 6.0 GiB and is not a replica; PID 777 (VLLM::EngineCore) holds 6.7 GiB and is a Serve replica."
-    )
-    assert "room for 0 of 1 replica(s)" in report.summary()
-
-
 def test_a_replicas_gpus_must_be_on_one_node(tmp_path):
-    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192, "max_num_seqs": 16}, 2)
+    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192}, 2)
     free = lambda i: gpu(i, memory_used_bytes=0, processes=[])  # noqa: E731
     busy = lambda i: gpu(i, memory_used_bytes=40 * GIB, processes=[{"pid": 9, "name": "python", "used_bytes": 40 * GIB, "kind": "compute"}])  # noqa: E731
     # One free GPU on each of two nodes: two GPUs free, but no node holds a 2-GPU replica.
@@ -292,18 +211,10 @@ def test_a_replicas_gpus_must_be_on_one_node(tmp_path):
 
 
 def test_without_gpu_readings_nothing_is_checked_and_the_reason_is_given(tmp_path):
-    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192, "max_num_seqs": 16}, 1)
+    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192}, 1)
     report = fit(e, [node(gpus=[], error="no NVIDIA driver on this machine")])
     assert not report.checked and not report.fits
     assert report.summary() == "Not checked: no GPU memory reading exists (no NVIDIA driver on this machine)."
-
-
-def test_a_capped_replica_is_told_which_gpu_memory_utilization_would_hold_its_sequences(tmp_path):
-    e = estimate(llama_8b(tmp_path / "llama-8b"), {"max_model_len": 8192, "max_num_seqs": 16, "gpu_memory_utilization": 0.3}, 1)
-    report = fit(e, [node(gpus=[gpu(0, memory_used_bytes=0, processes=[])])])
-    # Fits (80 GiB free ≥ 33.0 GiB), but vLLM may take only 0.3 × 80 = 24 GiB of it.
-    assert report.fits and report.capped
-    assert "Set gpu_memory_utilization to 0.42" in report.capped_advice()  # 33.0 / 80 → 0.42
 
 
 def test_serving_pids_and_measure_read_the_replicas_processes(tmp_path):
@@ -371,16 +282,20 @@ def test_the_preview_shows_each_term_and_the_fit_per_gpu(alice_client, roots):
 
     assert response.status_code == 200
     terms = rows(response.text, "vram-terms")
-    assert [row[:2] for row in terms] == [["weights", "15.0 GiB"], ["KV cache", "16.0 GiB"], ["engine overhead", "2.0 GiB"]]
-    assert "× 8192 tokens (engine_kwargs) × 16 sequences (engine_kwargs)" in terms[1][2]
+    assert [row[0] for row in terms] == ["vLLM's share", "weights", "non-torch", "activations", "CUDA graphs", "KV cache"]
+    assert terms[0][:2] == ["vLLM's share", "73.6 GiB"] and terms[1][:2] == ["weights", "15.0 GiB"]
+    assert "one sequence of 8,192 tokens (engine_kwargs) needs 1.0 GiB" in terms[5][2]
     assert text_of(response.text, "vram-summary") == (
         "Does not fit: the GPUs have room for 1 of 2 replica(s) of 1 GPU(s). GPU 0 on node 10.0.0.1 has 60.0 GiB free of 80.0 GiB; "
-        "a replica needs 73.6 GiB there, 13.6 GiB short. PID 4242 (python3) holds 20.0 GiB and is not a replica."
+        "vLLM asks for its share of 73.6 GiB at start and refuses with less free: 13.6 GiB short. "
+        "PID 4242 (python3) holds 20.0 GiB and is not a replica."
     )
+    # The share that is free still holds the weights and more than one sequence: asking for less starts.
+    assert text_of(response.text, "vram-advice").startswith("gpu_memory_utilization: 0.75 asks only for what GPU 0 on node 10.0.0.1 has free")
     gpu0, gpu1 = rows(response.text, "vram-gpus")
     assert gpu0[:4] == ["10.0.0.1", "0 NVIDIA H100 80GB HBM3", "60.0 GiB of 80.0 GiB", "73.6 GiB"]
-    assert gpu0[4].startswith("no, 13.6 GiB short PID 4242 (python3) holds 20.0 GiB and is not a replica")
-    assert gpu1 == ["10.0.0.1", "1 NVIDIA H100 80GB HBM3", "79.0 GiB of 80.0 GiB", "73.6 GiB", "yes"]
+    assert gpu0[5].startswith("no, 13.6 GiB short GPU 0 on node 10.0.0.1 has 60.0 GiB free")
+    assert gpu1[:4] == ["10.0.0.1", "1 NVIDIA H100 80GB HBM3", "79.0 GiB of 80.0 GiB", "73.6 GiB"] and gpu1[5] == "yes"
     assert not ServeModel.objects.exists()
 
 
@@ -402,4 +317,4 @@ def test_the_preview_of_cpu_replicas_says_no_gpu_memory_is_used(alice_client, ro
 
     settings.GANTRY_ENGINE = "cpu"
     response = _preview(alice_client, gpus_per_replica="0", model_source="$HOME/common/hf/tiny-llama")
-    assert text_of(response.text, "vram-note") == "CPU replicas use no GPU memory."
+    assert text_of(response.text, "vram-note") == "CPU replicas use no GPU memory; pick a GPU to see whether the model would fit on it."
