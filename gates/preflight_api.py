@@ -10,6 +10,10 @@ from gates import preflights
 from gates.models import PreflightRun, spec_digest
 from gates.preflight_views import may_decide, visible_runs
 from serving.api import _body_text, _json_body, api_errors
+from serving.engine import current_engine
+from serving.spec.errors import SpecError
+from serving.vram_fit import VramEstimateError
+from serving.vram_fit.gpus import parse_gpu
 
 _report = preflights.report_json  # its can_be_forced answers "may I POST …/force"
 
@@ -24,6 +28,27 @@ def run_preflight(request: HttpRequest) -> JsonResponse:
         model = None
     run = preflights.run_on_demand(resolved, owner=request.user, trigger=PreflightRun.Trigger.API, model=model)
     return JsonResponse(_report(run))
+
+
+@require_POST
+@api_errors
+def vram_fit(request: HttpRequest) -> JsonResponse:
+    """Will this spec's model fit: on the cluster's GPUs and on each ?gpu= asked about. Nothing deployed."""
+    resolved, _ = preflights.spec_for_user(request.user, _body_text(request))
+    names = request.GET.getlist("gpu")
+    if len(names) > MAX_GPUS_ASKED:
+        raise SpecError(400, "bad_parameter", f"Ask about at most {MAX_GPUS_ASKED} GPUs at once.", "gpu")
+    try:
+        asked = [parse_gpu(name) for name in names]
+    except VramEstimateError as exc:
+        raise SpecError(400, "bad_parameter", str(exc), "gpu") from None
+    try:
+        return JsonResponse(preflights.vram_fit_json(resolved, current_engine(), asked))
+    except VramEstimateError as exc:
+        raise SpecError(422, "not_estimable", f"The memory a replica needs cannot be estimated: {exc}", "model_source") from None
+
+
+MAX_GPUS_ASKED = 16
 
 
 @require_GET

@@ -252,6 +252,30 @@ def spec_for_user(user, text: str) -> tuple[dict, object | None]:
     return resolved.as_dict(), model
 
 
+def vram_fit_json(resolved_spec: dict, engine: str, asked: list) -> dict:
+    """The VRAM fit of a spec as the API gives it: against the cluster's GPUs (the health probe's
+    newest reading; GPU replicas on the GPU engine) and against each GPU asked about (serving/vram_fit/
+    gpus.py's Gpu). VramEstimateError when the folder cannot be estimated."""
+    from serving.vram_fit.report import on_gpu_figures
+
+    gpus_per_replica = int(resolved_spec.get("gpus_per_replica", 0))
+    need = estimate(resolved_spec["model_source"], resolved_spec.get("engine_kwargs"), max(1, gpus_per_replica))
+    cluster = None
+    if engine == "gpu" and gpus_per_replica > 0:
+        memory = gpu_memory_reading()
+        report = fit(need, memory.nodes, replica_pids=memory.replica_pids, replicas=int(resolved_spec.get("num_replicas", 1)), unread=memory.note)
+        cluster = {
+            "checked": report.checked, "fits": report.fits, "summary": report.summary(), "advice": report.advice(), "read_at": memory.read_at,
+            "gpus": [{"node": g.node, "index": g.index, "name": g.name, "fits": g.fits, "error": g.error,
+                      **({} if g.budget is None else on_gpu_figures(need, g.name, g.total_bytes, g.free_bytes))} for g in report.gpus],
+        }
+    return {
+        "gpus_per_replica": need.gpus_per_replica, "max_model_len": need.max_model_len, "kv_bytes_per_token": need.kv_bytes_per_token,
+        "weights_per_gpu_bytes": need.weights_per_gpu, "not_modelled": list(need.not_modelled), "cluster": cluster,
+        "what_if": [{**on_gpu_figures(need, gpu.name, gpu.total_bytes, gpu.free_bytes), "total_source": gpu.source} for gpu in asked],
+    }
+
+
 def report_json(run: PreflightRun, *, saved: bool = True) -> dict:
     return {
         "id": run.pk,

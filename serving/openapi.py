@@ -122,6 +122,20 @@ def document() -> dict:
                     },
                 },
             },
+            "/preflight/vram-fit": {
+                "post": {
+                    "summary": "Will this spec's model fit: by vLLM's own memory rule, on the cluster's GPUs (the newest NVML reading) and on each GPU asked about; nothing is deployed",
+                    "parameters": [{"name": "gpu", "in": "query", "schema": {"type": "string", "maxLength": 100}, "description": "Repeatable, at most 16: a known GPU (H100-80GB, L4, …) or NAME:TOTAL_GiB[:FREE_GiB]."}],
+                    "requestBody": {"required": True, "content": {"application/yaml": {"schema": {"$ref": "#/components/schemas/Spec"}}}},
+                    "responses": {
+                        "200": {"description": "`cluster` (null on the CPU engine) and `what_if`, one row per GPU asked about: every term in bytes, kv_tokens, fits, starts, largest_max_model_len, smallest_gpus_per_replica, verdict, advice."},
+                        "400": _error("The body is not YAML, or a `gpu` is not one the check knows nor NAME:TOTAL_GiB[:FREE_GiB]."),
+                        "403": _error("model_source resolves outside the shared HF root and your own root."),
+                        "422": _error("The spec is invalid, or its folder cannot be estimated; `field` names the culprit."),
+                        **_AUTH_ERRORS,
+                    },
+                },
+            },
             "/preflight/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}],
                 "get": {"summary": "One preflight report", "responses": {"200": {"description": "The report."}, "404": _error("Unknown, or not yours."), **_AUTH_ERRORS}},

@@ -177,6 +177,24 @@ def fixes(budget: Budget) -> str:
     return "Any one of these would make it fit: " + "; ".join(steps) + "."
 
 
+def on_gpu_figures(estimate: Estimate, name: str, total_bytes: int, free_bytes: int | None = None) -> dict:
+    """One replica on a GPU of `total_bytes` (with `free_bytes` free; None: nothing else on it), as the
+    command and the API give it: every term, the verdict, and the advice when it does not start."""
+    budget = estimate.on_gpu(total_bytes, name)
+    free = total_bytes if free_bytes is None else free_bytes
+    share_free = free >= budget.share_bytes
+    return {
+        "gpu": name, "total_bytes": total_bytes, "free_bytes": free,
+        "fits": budget.fits, "share_is_free": share_free, "starts": budget.fits and share_free,
+        "share_bytes": budget.share_bytes, "weights_bytes": budget.weights_bytes, "non_torch_bytes": budget.non_torch_bytes,
+        "activation_bytes": budget.activation_bytes, "cuda_graph_bytes": budget.cuda_graph_bytes,
+        "kv_available_bytes": budget.kv_available_bytes, "kv_tokens": budget.kv_tokens, "concurrency": round(budget.concurrency, 2),
+        "largest_max_model_len": budget.largest_max_model_len,
+        "smallest_gpus_per_replica": estimate.smallest_gpus_per_replica(total_bytes, name),
+        "verdict": budget.verdict(), "advice": "" if budget.fits else fixes(budget),
+    }
+
+
 def node_name(node: dict) -> str:
     return str(node.get("address") or str(node.get("node_id", ""))[:12] or "?")
 

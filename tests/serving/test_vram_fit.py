@@ -318,3 +318,18 @@ def test_the_preview_of_cpu_replicas_says_no_gpu_memory_is_used(alice_client, ro
     settings.GANTRY_ENGINE = "cpu"
     response = _preview(alice_client, gpus_per_replica="0", model_source="$HOME/common/hf/tiny-llama")
     assert text_of(response.text, "vram-note") == "CPU replicas use no GPU memory; pick a GPU to see whether the model would fit on it."
+
+
+@pytest.mark.django_db
+def test_will_it_fit_on_a_picked_gpu_answers_before_any_gpu_exists(alice_client, roots, settings):
+    from tests.serving.test_pages import text_of
+
+    settings.GANTRY_ENGINE = "cpu"
+    llama_8b(roots / "hf" / "llama-8b")
+    on_l4 = _preview(alice_client, gpus_per_replica="0", engine_options="", fit_gpu="L4")
+    assert text_of(on_l4.text, "vram-what-if").startswith("Does not fit on L4 of 22.0 GiB: one sequence of 131,072 tokens needs 16.0 GiB")
+    assert "gpus_per_replica: 2" in text_of(on_l4.text, "vram-what-if-advice")
+    assert '<option value="L4" selected>' in on_l4.text
+    on_h100 = _preview(alice_client, gpus_per_replica="0", engine_options="", fit_gpu="H100-80GB")
+    assert text_of(on_h100.text, "vram-what-if").startswith("Fits on H100-80GB of 79.2 GiB")
+    assert [row[0] for row in rows(on_h100.text, "vram-terms")][-1] == "KV cache"

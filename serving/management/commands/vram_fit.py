@@ -14,7 +14,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from serving.vram_fit import VramEstimateError, estimate, fixes, gib
+from serving.vram_fit import VramEstimateError, estimate, gib
+from serving.vram_fit.report import on_gpu_figures
 from serving.vram_fit.gpus import Gpu, known_gpus, parse_gpu
 
 
@@ -54,18 +55,7 @@ class Command(BaseCommand):
 
     @staticmethod
     def _row(need, gpu: Gpu) -> dict:
-        budget = need.on_gpu(gpu.total_bytes, gpu.name)
-        share_free = gpu.free >= budget.share_bytes
-        return {
-            "gpu": gpu.name, "total_bytes": gpu.total_bytes, "free_bytes": gpu.free, "total_source": gpu.source,
-            "fits": budget.fits, "share_is_free": share_free, "starts": budget.fits and share_free,
-            "share_bytes": budget.share_bytes, "weights_bytes": budget.weights_bytes, "non_torch_bytes": budget.non_torch_bytes,
-            "activation_bytes": budget.activation_bytes, "cuda_graph_bytes": budget.cuda_graph_bytes,
-            "kv_available_bytes": budget.kv_available_bytes, "kv_tokens": budget.kv_tokens, "concurrency": round(budget.concurrency, 2),
-            "largest_max_model_len": budget.largest_max_model_len,
-            "smallest_gpus_per_replica": need.smallest_gpus_per_replica(gpu.total_bytes, gpu.name),
-            "verdict": budget.verdict(), "advice": "" if budget.fits else fixes(budget),
-        }
+        return {**on_gpu_figures(need, gpu.name, gpu.total_bytes, gpu.free_bytes), "total_source": gpu.source}
 
     def _print(self, need, gpus: list[Gpu], rows: list[dict]) -> None:
         w = need.weights
