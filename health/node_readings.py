@@ -28,15 +28,18 @@ def node_gpus(nodes: NodeTasks) -> list[dict]:
     """Each alive node's GPUs, read on the node itself by health/probes/gpu.py's read_node (a 50 ms
     listen for XID events included), in ray.nodes() order: {node_id, address, driver_version,
     driver_cuda, gpus (read_gpus' list), error}. [] when the client has no nodes of its own; a node
-    whose reading fails or is late has gpus [] and the reason in `error`. ServeUnavailable when the
-    cluster cannot be reached."""
+    whose reading fails or is late has gpus [], the reason in `error`, answered False (its GPUs are
+    unknown, not gone) and, when late, late_after_s (how long it was waited for). ServeUnavailable
+    when the cluster cannot be reached."""
+    timeout_s = _probe_timeout_s()
     return [
         {**answer.value, "node_id": answer.node_id, "address": answer.address} if answer.error is None
         else {
             "node_id": answer.node_id, "address": answer.address, "driver_version": "", "driver_cuda": "", "gpus": [],
             "error": why_unread(answer.node_id, answer.error, "GPUs"),
+            "answered": False, "late_after_s": timeout_s if isinstance(answer.error, TimeoutError) else None,
         }
-        for answer in nodes.on_every_node(gpu.read_node, name="gantry-node-gpus", timeout_s=_probe_timeout_s(), ship=(gpu,))
+        for answer in nodes.on_every_node(gpu.read_node, name="gantry-node-gpus", timeout_s=timeout_s, ship=(gpu,))
     ]
 
 

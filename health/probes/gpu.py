@@ -12,9 +12,9 @@ critical errors NVML sends during a short listen (NVML has no XID history, only 
 can tell about a PID (alive, start time, command line, parents), and `reap_process` ends one of
 them there after checking it is still that process. `read_node_readiness` is the multi-node
 readiness reading (seed 003 MN1-MN4): fabric manager, NCCL settings, data-plane MTU. They stay one
-module, a little over 500 lines, because it is shipped to the nodes by value as one module object:
-a part moved out (readiness needs no NVML) would have to be shipped beside it, or the nodes would
-look for Gantry's code.
+module, a little over 500 lines, because it is shipped to the nodes by value as one module object
+(by health/node_readings.py and gates/node_runtimes.py): a part moved out (readiness needs no NVML)
+would have to be shipped beside it by each caller, or the nodes would look for Gantry's code.
 
 Each function takes the NVML module as `nvml` (pynvml when None), so a test on a machine without a
 GPU can hand in a stand-in that behaves like pynvml.
@@ -70,7 +70,8 @@ def read_gpus(nvml: ModuleType | Any = None, *, xid_wait_ms: int = 0) -> list[di
     throttle_reasons (names, see THROTTLE_REASONS), ecc_uncorrected (volatile count), pcie_replays,
     processes ({pid, name, used_bytes, kind}) and xids ({xid, at}: the XID critical errors NVML sent
     while this reading waited up to `xid_wait_ms`). A value the device does not report is None; a
-    device that cannot be read at all has only its index and an `error`.
+    device that cannot be read at all has only its index and an `error` (and lost: True when NVML
+    says GPU_IS_LOST: off the bus, as after XID 79).
     [] when NVML gives no reading (read_driver's `error` says why)."""
     gpus: list[dict] = []
 
@@ -168,7 +169,8 @@ def _read_all(nvml: Any, xid_wait_ms: int) -> list[dict]:
             gpus.append(_read_gpu(nvml, index, handles[index]))
         except nvml.NVMLError as exc:
             handles.pop(index, None)
-            gpus.append({"index": index, "error": f"NVML could not read GPU {index}: {exc}"})
+            lost = {"lost": True} if _is(nvml, exc, "NVMLError_GpuIsLost") else {}  # off the bus, as XID 79
+            gpus.append({"index": index, "error": f"NVML could not read GPU {index}: {exc}", **lost})
     if xid_wait_ms > 0 and handles:
         by_index = {gpu["index"]: gpu for gpu in gpus if "error" not in gpu}
         for index, event in _wait_for_xids(nvml, handles, xid_wait_ms):
@@ -216,7 +218,7 @@ def _processes(nvml: Any, handle: Any) -> list[dict] | None:
     found: list[dict] = []
     supported = False
     for kind, call in (("compute", "nvmlDeviceGetComputeRunningProcesses"), ("graphics", "nvmlDeviceGetGraphicsRunningProcesses")):
-        listed = _optional(nvml, lambda: getattr(nvml, call)(handle))
+        listed = _optional(nvml, lambda: _newest_listing(nvml, call, handle))
         if listed is None:
             continue
         supported = True
@@ -229,6 +231,19 @@ def _processes(nvml: Any, handle: Any) -> list[dict] | None:
                 "kind": kind,
             })
     return found if supported else None
+
+
+def _newest_listing(nvml: Any, call: str, handle: Any) -> list | None:
+    """The newest version of a process list this pynvml and driver both have; None where none. In
+    nvidia-ml-py 13 the unversioned call is _v3, which a driver older than the symbol answers with
+    NVMLLibraryMismatchError (no NVMLError), so each version is asked by its own name."""
+    for listing in filter(None, (getattr(nvml, call + version, None) for version in ("_v3", "_v2", ""))):
+        try:
+            return listing(handle)
+        except Exception as exc:
+            if not (_is(nvml, exc, "NVMLError_FunctionNotFound") or _is(nvml, exc, "NVMLLibraryMismatchError")):
+                raise
+    return None
 
 
 def _process_name(nvml: Any, pid: int) -> str:
@@ -285,11 +300,15 @@ def _event_index(nvml: Any, device: Any, registered: list[int]) -> int:
 
 
 def _optional(nvml: Any, read: Callable[[], Any]) -> Any:
-    """A value some devices do not report (power on many consumer cards, utilization under MIG)."""
+    """One figure, read on its own: None where a GPU that is fine cannot give it (not on this device,
+    a symbol this driver lacks, a MIG parent read by non-root, "Unknown"), so the GPU keeps its other
+    figures. Any other error, GPU_IS_LOST above all, is the whole GPU's."""
     try:
         return read()
-    except nvml.NVMLError_NotSupported:
-        return None
+    except nvml.NVMLError as exc:
+        if any(_is(nvml, exc, f"NVMLError_{name}") for name in ("NotSupported", "FunctionNotFound", "NoPermission", "Unknown")):
+            return None
+        raise
 
 
 def _text(value: str | bytes) -> str:
@@ -480,7 +499,7 @@ def fabric_manager_state(dev: Path = DEV, proc: Path = PROC) -> dict:
     state = {"needed": any(dev.glob("nvidia-nvswitch*")), "running": False, "version": "", "driver_version": "", "error": ""}
     if not state["needed"]:
         return state
-    state["running"] = any(_comm(entry) == FABRIC_MANAGER for entry in proc.iterdir() if entry.name.isdigit())
+    state["running"] = any(_program(entry) == FABRIC_MANAGER for entry in proc.iterdir() if entry.name.isdigit())
     try:
         found = re.search(r"Kernel Module\s+(\S+)", DRIVER_VERSION_FILE.read_text())
         state["driver_version"] = found.group(1) if found else ""
@@ -495,12 +514,13 @@ def fabric_manager_state(dev: Path = DEV, proc: Path = PROC) -> dict:
     return state
 
 
-def _comm(entry: Path) -> str:
-    return _read(entry / "comm")
+def _program(entry: Path) -> str:
+    # argv[0]'s file name, not comm: the kernel keeps 15 characters there, and "nv-fabricmanager" has 16.
+    return os.path.basename(_read(entry / "cmdline").split("\0", 1)[0])
 
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text().strip()
+        return path.read_text(errors="replace").strip()  # a command line may hold any bytes
     except OSError:
         return ""

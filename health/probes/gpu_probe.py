@@ -3,8 +3,9 @@ health/probes/gpu.py there), as one check per GPU ("gpu:<node id>:<index>") and 
 GPU per cycle. It runs in the worker, never in the web process.
 
 The probe's own check, gpu:cluster, says whether the nodes could be read at all; each GPU's check
-says how that GPU is: critical at an XID that takes it out of service or when it is missing (a node
-that had it no longer reports it), warn at WARN_TEMPERATURE_C, an uncorrected ECC error, a
+says how that GPU is: critical at an XID that takes it out of service, when NVML says it is lost
+(off the bus), or when it is missing (a node that had it answered without it), unknown while its node
+does not answer in time, warn at WARN_TEMPERATURE_C, an uncorrected ECC error, a
 hardware slowdown or an XID that calls for draining it.
 """
 from __future__ import annotations
@@ -36,6 +37,10 @@ def fetch_nodes() -> tuple[str, str, dict]:
 
 def assess_gpu(gpu: dict) -> Reading:
     """One GPU's reading as a status and words."""
+    if gpu.get("lost"):
+        # NVML's GPU_IS_LOST is what XID 79 leaves behind; the kernel log names the XID.
+        fallen = xid.describe(79)
+        return Status.CRITICAL, f"{fallen.meaning} (NVML: GPU is lost, as after XID {fallen.code}): drain the node, then {fallen.action} it"
     if "error" in gpu:
         return Status.CRITICAL, f"{gpu['error']}: drain the node and check the GPU (nvidia-smi -q)"
     status, problems = Status.OK, []
@@ -91,6 +96,8 @@ def _record_nodes(fetched: dict, now) -> Reading:
     samples: list[GpuSample] = []
     without_gpus: list[str] = []
     node_errors: dict[str, str] = {}
+    # Nodes that did not answer (late, or their task failed): nothing is known of their GPUs.
+    unanswered = {node["node_id"]: node for node in nodes if node.get("answered") is False}
     counts: dict[str, int] = {}
     for node in nodes:
         node_id = node["node_id"]
@@ -108,6 +115,10 @@ def _record_nodes(fetched: dict, now) -> Reading:
                 samples.append(_sample(node, gpu, now))
     for name in sorted(known - seen):
         node_id = name.split(":")[1]
+        if node_id in unanswered:
+            counts[Status.UNKNOWN] = counts.get(Status.UNKNOWN, 0) + 1
+            record_reading(name, KIND, Status.UNKNOWN, not_answered(unanswered[node_id]))
+            continue
         why = node_errors.get(node_id) or "its node is no longer among the cluster's alive nodes"
         counts[Status.CRITICAL] = counts.get(Status.CRITICAL, 0) + 1
         record_reading(name, KIND, Status.CRITICAL, f"the GPU is missing: it was read before but not now ({why}); check the node and its driver")
@@ -122,6 +133,15 @@ def _record_nodes(fetched: dict, now) -> Reading:
         if reasons:
             detail += f" ({'; '.join(reasons)})"
     return Status.OK, detail
+
+
+def not_answered(node: dict) -> str:
+    """Why a GPU of a node that did not answer is unknown: its node's silence says nothing of the GPU."""
+    if node.get("late_after_s"):
+        why = f"node {node['node_id'][:12]} did not answer within {node['late_after_s']:g} s (overloaded or unreachable?)"
+    else:
+        why = f"node {node['node_id'][:12]} did not answer: {node.get('error') or 'no reason given'}"
+    return f"not read this cycle: {why}; nothing is known of this GPU until the node answers: check the node if this lasts"
 
 
 def _sample(node: dict, gpu: dict, now):

@@ -27,6 +27,11 @@ def gpu(index: int = 0, **changes) -> dict:
     return reading
 
 
+def lost_gpu(index: int = 0) -> dict:
+    """A GPU that answered NVML_ERROR_GPU_IS_LOST, as read_node lists it: off the bus (XID 79)."""
+    return {"index": index, "error": f"NVML could not read GPU {index}: GPU is lost", "lost": True}
+
+
 def node(node_id: str = "a" * 56, gpus: list[dict] | None = None, *, address: str = "10.0.0.1", error: str = "") -> dict:
     return {
         "node_id": node_id,

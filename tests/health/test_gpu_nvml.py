@@ -3,7 +3,8 @@
 This machine has no GPU, so most tests hand in a stand-in for pynvml that behaves like it: pynvml's
 own NVMLError classes (built from NVML's return codes the way pynvml raises them), str values as
 nvidia-ml-py returns them (bytes as older pynvml did), calls before nvmlInit refused with
-Uninitialized. The real pynvml is tested too: here it must say plainly that there is no driver, and
+Uninitialized, and nvidia-ml-py 13's process lists (the unversioned call is _v3, and raises
+NVMLLibraryMismatchError, no NVMLError, on a driver without that symbol). The real pynvml is tested too: here it must say plainly that there is no driver, and
 on a machine with a GPU (`nvidia-smi -L` works) it must read real values.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ class StandInNvml:
     return codes (pynvml.NVML_ERROR_*), raised as pynvml raises them: pynvml.NVMLError(code)."""
 
     NVMLError = pynvml.NVMLError
+    NVMLLibraryMismatchError = pynvml.NVMLLibraryMismatchError
     NVML_TEMPERATURE_GPU = pynvml.NVML_TEMPERATURE_GPU
     NVML_CLOCK_SM, NVML_CLOCK_MEM = pynvml.NVML_CLOCK_SM, pynvml.NVML_CLOCK_MEM
     NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
@@ -91,6 +93,8 @@ class StandInNvml:
             value = handle[key]
             if isinstance(value, int) and not isinstance(value, bool) and value < 0:
                 raise pynvml.NVMLError(-value)  # a device-level code, e.g. -NVML_ERROR_NOT_SUPPORTED
+            if isinstance(value, type) and issubclass(value, pynvml.NVMLError):
+                raise value()  # pynvml's class for the code, e.g. pynvml.NVMLError_NoPermission
             return value
 
         return self._call(name, read)
@@ -128,11 +132,33 @@ class StandInNvml:
     def nvmlDeviceGetPcieReplayCounter(self, handle):
         return self._device("nvmlDeviceGetPcieReplayCounter", handle, "pcie_replays")
 
+    # Process lists as nvidia-ml-py 13 has them: _v3 and _v2 each call their own driver symbol (a
+    # driver without it: fail={"..._v3": NVML_ERROR_FUNCTION_NOT_FOUND}); the unversioned call is
+    # _v3 behind @throwOnVersionMismatch, which turns FunctionNotFound into NVMLLibraryMismatchError.
+    def nvmlDeviceGetComputeRunningProcesses_v3(self, handle):
+        return self._device("nvmlDeviceGetComputeRunningProcesses_v3", handle, "compute")
+
+    def nvmlDeviceGetComputeRunningProcesses_v2(self, handle):
+        return self._device("nvmlDeviceGetComputeRunningProcesses_v2", handle, "compute")
+
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
-        return self._device("nvmlDeviceGetComputeRunningProcesses", handle, "compute")
+        return self._unversioned(self.nvmlDeviceGetComputeRunningProcesses_v3, handle)
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v3(self, handle):
+        return self._device("nvmlDeviceGetGraphicsRunningProcesses_v3", handle, "graphics")
+
+    def nvmlDeviceGetGraphicsRunningProcesses_v2(self, handle):
+        return self._device("nvmlDeviceGetGraphicsRunningProcesses_v2", handle, "graphics")
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, handle):
-        return self._device("nvmlDeviceGetGraphicsRunningProcesses", handle, "graphics")
+        return self._unversioned(self.nvmlDeviceGetGraphicsRunningProcesses_v3, handle)
+
+    @staticmethod
+    def _unversioned(call, handle):
+        try:
+            return call(handle)
+        except pynvml.NVMLError_FunctionNotFound:
+            raise pynvml.NVMLLibraryMismatchError("Unversioned function called and the pyNVML version does not match the NVML lib version.")
 
     def nvmlSystemGetProcessName(self, pid):
         return self._call("nvmlSystemGetProcessName", b"python3" if pid % 2 else "ray::ServeReplica")
@@ -280,13 +306,24 @@ def test_it_reads_each_gpu_for_the_panel():
 
 
 def test_a_gpu_that_cannot_be_read_is_listed_with_its_reason():
-    lost = {**h100("GPU-lost"), "uuid": -pynvml.NVML_ERROR_GPU_IS_LOST}
-    nvml = StandInNvml(devices=[h100("GPU-a"), lost])
+    nameless = {**h100("GPU-x"), "uuid": -pynvml.NVML_ERROR_UNKNOWN}
+    nvml = StandInNvml(devices=[h100("GPU-a"), nameless])
 
     readings = gpu.read_gpus(nvml)
 
     assert readings[0]["uuid"] == "GPU-a"
-    assert readings[1] == {"index": 1, "error": "NVML could not read GPU 1: GPU is lost"}
+    assert readings[1] == {"index": 1, "error": "NVML could not read GPU 1: Unknown Error"}
+
+
+@pytest.mark.parametrize("key", ["uuid", "memory", "temperature", "compute"])
+def test_a_lost_gpu_is_an_error_marked_lost_and_the_other_gpus_are_still_read(key):
+    # GPU_IS_LOST is no missing figure: whichever call hears it, the GPU has fallen off the bus.
+    nvml = StandInNvml(devices=[h100("GPU-a"), {**h100("GPU-lost"), key: pynvml.NVMLError_GpuIsLost}])
+
+    first, second = gpu.read_gpus(nvml)
+
+    assert first["uuid"] == "GPU-a" and first["memory_total_bytes"] == 85_520_809_984
+    assert second == {"index": 1, "error": "NVML could not read GPU 1: GPU is lost", "lost": True}
 
 
 def test_no_driver_means_no_gpus():
@@ -312,6 +349,100 @@ def test_each_new_field_the_device_does_not_support_is_none_and_the_rest_is_read
     assert "error" not in reading and reading["uuid"] == "GPU-a" and reading["utilization_percent"] == 37
     others = {"sm_clock_mhz": 1980, "memory_clock_mhz": 2619, "pcie_replays": 0, "ecc_uncorrected": 0, "temperature_c": 54}
     assert all(reading[name] == value for name, value in others.items() if name != field)
+
+
+# --- An NVMLError on one figure makes that figure unknown, never the GPU an error -----------------------
+
+# What a healthy GPU may answer for one figure: not on this device (NotSupported), a symbol this
+# driver lacks (FunctionNotFound), a MIG parent read by a non-root user (NoPermission), or the driver
+# cannot say (Unknown). Each is pynvml's own class, raised by the stand-in as pynvml raises it.
+FIELD_ERRORS = [pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound, pynvml.NVMLError_NoPermission, pynvml.NVMLError_Unknown]
+# Each optional figure: the stand-in's key for it -> the fields of the reading it fills.
+OPTIONAL = {
+    "memory": ("memory_total_bytes", "memory_used_bytes"),
+    "utilization": ("utilization_percent",),
+    "temperature": ("temperature_c",),
+    "milliwatts": ("power_w",),
+    "sm_clock": ("sm_clock_mhz",),
+    "memory_clock": ("memory_clock_mhz",),
+    "throttle": ("throttle_reasons",),
+    "ecc_uncorrected": ("ecc_uncorrected",),
+    "pcie_replays": ("pcie_replays",),
+    "compute": ("processes",),
+}
+
+
+def _without(reading: dict, fields: tuple) -> dict:
+    return {name: value for name, value in reading.items() if name not in fields}
+
+
+@pytest.mark.parametrize("key", OPTIONAL)
+@pytest.mark.parametrize("error", FIELD_ERRORS, ids=lambda error: error.__name__)
+def test_an_nvml_error_on_one_figure_makes_it_unknown_and_the_gpu_keeps_its_other_figures(error, key):
+    (whole,) = gpu.read_gpus(StandInNvml(devices=[h100("GPU-a")]))
+    device = {**h100("GPU-a"), key: error, **({"graphics": error} if key == "compute" else {})}
+
+    reading = gpu.read_node("n", StandInNvml(devices=[device]))
+
+    assert reading["error"] == ""
+    (one,) = reading["gpus"]
+    assert "error" not in one and all(one[field] is None for field in OPTIONAL[key])
+    assert _without(one, OPTIONAL[key]) == _without(whole, OPTIONAL[key])  # memory, temperature, ... as read
+    assert one["memory_total_bytes"] or key == "memory"
+
+
+def test_the_stand_in_raises_pynvmls_own_classes():
+    nvml = StandInNvml(devices=[{**h100(), "memory": pynvml.NVMLError_NoPermission, "temperature": -pynvml.NVML_ERROR_FUNCTION_NOT_FOUND}])
+    nvml.nvmlInit()
+    with pytest.raises(pynvml.NVMLError_NoPermission):
+        nvml.nvmlDeviceGetMemoryInfo(nvml.devices[0])
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        nvml.nvmlDeviceGetTemperature(nvml.devices[0], pynvml.NVML_TEMPERATURE_GPU)
+
+
+def test_nvidia_ml_py_fails_as_the_stand_in_does_on_a_driver_without_the_v3_process_calls(monkeypatch):
+    # The real pynvml over a driver that lacks the _v3 symbols: _v3 raises FunctionNotFound, the
+    # unversioned call (which is _v3) raises NVMLLibraryMismatchError, no NVMLError at all.
+    def lookup(name):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND if name.endswith("_v3") else pynvml.NVML_ERROR_UNINITIALIZED)
+
+    monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer", lookup)
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        pynvml.nvmlDeviceGetComputeRunningProcesses_v3(None)
+    with pytest.raises(pynvml.NVMLLibraryMismatchError):
+        pynvml.nvmlDeviceGetComputeRunningProcesses(None)
+    nvml = StandInNvml(devices=[h100()], fail={"nvmlDeviceGetComputeRunningProcesses_v3": pynvml.NVML_ERROR_FUNCTION_NOT_FOUND})
+    nvml.nvmlInit()
+    with pytest.raises(pynvml.NVMLError_FunctionNotFound):
+        nvml.nvmlDeviceGetComputeRunningProcesses_v3(nvml.devices[0])
+    with pytest.raises(pynvml.NVMLLibraryMismatchError):
+        nvml.nvmlDeviceGetComputeRunningProcesses(nvml.devices[0])
+
+
+FUNCTION_NOT_FOUND = pynvml.NVML_ERROR_FUNCTION_NOT_FOUND
+
+
+def test_a_driver_without_the_v3_process_calls_is_read_through_v2():
+    nvml = StandInNvml(devices=[h100()], fail={
+        "nvmlDeviceGetComputeRunningProcesses_v3": FUNCTION_NOT_FOUND, "nvmlDeviceGetGraphicsRunningProcesses_v3": FUNCTION_NOT_FOUND,
+    })
+
+    reading = gpu.read_node("n", nvml)
+
+    assert reading["error"] == ""
+    assert reading["gpus"][0]["processes"] == [{"pid": 4242, "name": "ray::ServeReplica", "used_bytes": 70_000_000_000, "kind": "compute"}]
+    assert gpu.read_node_processes("n", nvml)["gpus"][0]["processes"][0]["pid"] == 4242
+
+
+def test_a_driver_with_no_process_call_at_all_leaves_the_processes_unknown_and_the_rest_read():
+    nvml = StandInNvml(devices=[h100()], fail={
+        f"nvmlDevice{kind}RunningProcesses{version}": FUNCTION_NOT_FOUND
+        for kind in ("GetCompute", "GetGraphics") for version in ("_v3", "_v2", "")
+    })
+
+    (reading,) = gpu.read_node("n", nvml)["gpus"]
+
+    assert reading["processes"] is None and reading["memory_used_bytes"] == 1_048_576_000 and reading["temperature_c"] == 54
 
 
 def test_throttle_reasons_are_decoded_to_names_unknown_bits_as_hex():

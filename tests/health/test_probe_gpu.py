@@ -2,13 +2,16 @@
 returns readings as RayServeClient's does), one check per GPU, one GpuSample per GPU per cycle."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from health.choices import Status
 from health.models import GpuSample, HealthCheck
 from health.cycle import all_probes
 from health.probes import gpu_probe
-from tests.health.gpu_readings import gpu, gpu_cycle as cycle, node
+from serving.cluster.nodes import NodeAnswer
+from tests.health.gpu_readings import gpu, gpu_cycle as cycle, lost_gpu, node
 
 pytestmark = pytest.mark.django_db
 
@@ -91,6 +94,51 @@ def test_a_gpu_nvml_cannot_read_is_critical_and_has_no_sample(fake):
     cycle()
     assert check(1).status == Status.CRITICAL and "GPU is lost" in check(1).detail
     assert list(GpuSample.objects.values_list("gpu_index", flat=True)) == [0]
+
+
+def test_a_lost_gpu_reads_critical_as_fallen_off_the_bus(fake):
+    fake.gpu_readings = [node(NODE, [gpu(0), lost_gpu(1)])]
+    cycle()
+    assert check(1).status == Status.CRITICAL
+    assert "GPU has fallen off the bus" in check(1).detail and "XID 79" in check(1).detail and "reboot" in check(1).detail
+    assert check(0).status == Status.OK
+
+
+SLOW = "b" * 56
+
+
+def answers_late(fake, monkeypatch, node_id: str, error: BaseException) -> None:
+    """From now on `node_id` does not answer its GPU task: the answer the cluster adapter gives then."""
+    canned = fake._gpu_answers
+    monkeypatch.setattr(fake, "_gpu_answers", lambda: [
+        NodeAnswer(answer.node_id, answer.address, error=error) if answer.node_id == node_id else answer for answer in canned()
+    ])
+
+
+def test_a_slow_nodes_gpus_read_unknown_with_why_not_missing(fake, monkeypatch):
+    fake.gpu_readings = [node(NODE, [gpu(0)]), node(SLOW, [gpu(0), gpu(1)], address="10.0.0.2")]
+    cycle()
+    answers_late(fake, monkeypatch, SLOW, TimeoutError("no answer within 9.6 s"))
+
+    (result,) = cycle()
+
+    for index in (0, 1):
+        assert check(index, SLOW).status == Status.UNKNOWN, check(index, SLOW).detail
+        assert re.search(rf"node {SLOW[:12]} did not answer within \d+(\.\d+)? s", check(index, SLOW).detail)
+        assert "missing" not in check(index, SLOW).detail
+    assert check(0).status == Status.OK
+    assert result.status == Status.OK and "2 unknown" in result.detail and "no answer within" in result.detail
+    assert GpuSample.objects.filter(node_id=SLOW).count() == 2  # the first cycle's; none made up for the late one
+
+
+def test_a_node_whose_gpu_task_failed_reads_unknown_too(fake, monkeypatch):
+    fake.gpu_readings = [node(SLOW, [gpu(0)], address="10.0.0.2")]
+    cycle()
+    answers_late(fake, monkeypatch, SLOW, RuntimeError("ray worker died\nWorkerCrashedError: the worker died unexpectedly"))
+
+    cycle()
+
+    assert check(0, SLOW).status == Status.UNKNOWN and "the worker died unexpectedly" in check(0, SLOW).detail
 
 
 def test_a_cpu_only_node_is_no_problem(fake):
