@@ -23,6 +23,19 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+RAY_FOLDERS = (ROOT / "tests" / "integration",)
+RAY_FILES = (ROOT / "tests" / "e2e" / "test_make_run.py",)  # `make run` starts a Ray head of its own
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every test that starts or uses a Ray cluster is marked `ray`, whichever fixture brought the
+    # head in: `make test` runs them beside the others, each set in its own pytest (bin/gantry-test).
+    for item in items:
+        path = Path(item.path)
+        if "ray_head" in getattr(item, "fixturenames", ()) or path in RAY_FILES or any(f in path.parents for f in RAY_FOLDERS):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(autouse=True)
 def preflight_at_once(monkeypatch):
     """A deploy's preflight runs as soon as the reconciler asks for it, in this process, instead of
