@@ -1,10 +1,11 @@
 """Alerts for flips: a JSON webhook and/or e-mail, sent from the Flip outbox.
 
-A flip to critical is a "down" alert and a flip from critical back to ok a "recovery"; other flips
-(a warning, a first reading) are history only. Each flip is claimed with a conditional UPDATE, so
-two workers never send the same one; a send that fails releases the claim and the flip is sent on
-a later pass, so an alert is never lost (it may, rarely, arrive twice: a webhook that answered but
-whose e-mail failed is sent again with it).
+What a flip sends was decided when it was written (health/models.py next_page, beside the status
+change itself): "down" into critical, "blind" for a check its probe could not read past
+GANTRY_HEALTH_BLIND_CYCLES, "recovery" when either reads ok or warn again; other flips are history
+only. Each flip is claimed with a conditional UPDATE, so two workers never send the same one; a send
+that fails releases the claim and the flip is sent on a later pass, so an alert is never lost (it
+may, rarely, arrive twice: a webhook that answered but whose e-mail failed is sent again with it).
 """
 from __future__ import annotations
 
@@ -19,23 +20,15 @@ from django.core.mail import send_mail
 from django.db.models import Q
 from django.utils import timezone
 
-from health.choices import Status
+from health.choices import Alert
 from health.models import Flip
 
 log = logging.getLogger(__name__)
 
 
-def alert_event(flip: Flip) -> str | None:
-    if flip.to_status == Status.CRITICAL:
-        return "down"
-    if flip.to_status == Status.OK and flip.from_status == Status.CRITICAL:
-        return "recovery"
-    return None
-
-
-def alert_payload(flip: Flip, event: str) -> dict:
+def alert_payload(flip: Flip) -> dict:
     return {
-        "event": event,
+        "event": flip.event,
         "check": flip.check_name,
         "status": flip.to_status,
         "previous_status": flip.from_status,
@@ -56,14 +49,14 @@ def post_webhook(url: str, payload: dict) -> None:
 
 
 def send_alert_email(recipients: list[str], payload: dict) -> None:
-    word = "DOWN" if payload["event"] == "down" else "RECOVERED"
-    send_mail(
-        f"[Gantry] {word}: {payload['check']} is {payload['status']}",
-        f"{payload['check']} went from {payload['previous_status']} to {payload['status']} at {payload['at']}.\n\n"
-        f"{payload['detail']}\n",
-        None,
-        recipients,
-    )
+    if payload["event"] == Alert.BLIND:
+        subject = f"[Gantry] BLIND: {payload['check']} cannot be read"
+        body = f"Gantry {payload['detail']}\n\nAt {payload['at']}. A recovery follows when it reads again.\n"
+    else:
+        word = "DOWN" if payload["event"] == Alert.DOWN else "RECOVERED"
+        subject = f"[Gantry] {word}: {payload['check']} is {payload['status']}"
+        body = f"{payload['check']} went from {payload['previous_status']} to {payload['status']} at {payload['at']}.\n\n{payload['detail']}\n"
+    send_mail(subject, body, None, recipients)
 
 
 def claim_next_flip() -> Flip | None:
@@ -79,10 +72,9 @@ def claim_next_flip() -> Flip | None:
 
 def send_flip_alerts(flip: Flip) -> None:
     """Send the flip's alerts and mark it processed; on failure release it for a later pass."""
-    event = alert_event(flip)
     try:
-        if event is not None:
-            payload = alert_payload(flip, event)
+        if flip.event:
+            payload = alert_payload(flip)
             if settings.GANTRY_HEALTH_WEBHOOK_URL:
                 post_webhook(settings.GANTRY_HEALTH_WEBHOOK_URL, payload)
             if settings.GANTRY_HEALTH_ALERT_EMAILS:

@@ -9,6 +9,14 @@ class Status(models.TextChoices):
     UNKNOWN = "unknown", "unknown"
 
 
+class Alert(models.TextChoices):
+    """What a flip sends (health/models.py next_page decides it; health/alerts.py sends it)."""
+
+    DOWN = "down", "down"
+    BLIND = "blind", "blind"
+    RECOVERY = "recovery", "recovery"
+
+
 # Readings that count towards the grace: a probe that cannot tell (timed out, failed) is as
 # suspicious as one that saw a problem, but neither pages anyone before N of them in a row.
 BAD_STATUSES = frozenset({Status.WARN, Status.CRITICAL, Status.UNKNOWN})

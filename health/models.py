@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
-from health.choices import BAD_STATUSES, Status
+from health.choices import BAD_STATUSES, Alert, Status
 from serving.models import AppendOnly
 
 
@@ -20,6 +20,9 @@ class HealthCheck(models.Model):
     since = models.DateTimeField(default=timezone.now, help_text="When the status last changed.")
     last_reading_at = models.DateTimeField(null=True, blank=True)
     bad_count = models.PositiveIntegerField(default=0, help_text="Bad readings in a row; the status flips at GANTRY_HEALTH_GRACE_READINGS.")
+    unknown_count = models.PositiveIntegerField(default=0, help_text="Unknown readings in a row: past GANTRY_HEALTH_BLIND_CYCLES the check pages as blind.")
+    paged = models.CharField(max_length=16, choices=[(Alert.DOWN, "down"), (Alert.BLIND, "blind")], blank=True, default="",
+                             help_text="The page still open for this check (down or blind) until a recovery is sent; empty when none.")
     cost_ms = models.FloatField(default=0.0, help_text="CPU time the probe's last reading of this check took.")
     findings = models.JSONField(default=dict, blank=True, help_text="What the last reading found, for the panel to act on: "
                                 "the zombies probe's processes and segments, the readiness probe's values per node.")
@@ -32,9 +35,10 @@ class HealthCheck(models.Model):
 
 
 class Flip(AppendOnly):
-    """A change of a check's status. Copies the check's name, so it outlives the check row.
+    """A change of a check's status, or a blind page (from and to both unknown: its probe could not
+    read it past GANTRY_HEALTH_BLIND_CYCLES). Copies the check's name, so it outlives the check row.
 
-    Also the alert outbox: `processed_at` is set once its alerts went out. Marking it is a
+    Also the alert outbox: `event` is what it sends, `processed_at` is set once that went out. Marking it is a
     conditional UPDATE (never save()), so the row itself is never edited by a view.
     """
 
@@ -43,6 +47,8 @@ class Flip(AppendOnly):
     from_status = models.CharField(max_length=16, choices=Status.choices)
     to_status = models.CharField(max_length=16, choices=Status.choices)
     detail = models.TextField(blank=True)
+    event = models.CharField(max_length=16, choices=Alert.choices, blank=True, default="",
+                             help_text="The alert this flip sends: down, blind, recovery, or none (history only).")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took it to send; a claim expires.")
@@ -93,12 +99,29 @@ class GpuSample(models.Model):
         return round(100 * self.memory_used_bytes / self.memory_total_bytes, 1)
 
 
+def next_page(paged: str, to_status: str, *, blind: bool) -> tuple[str, str]:
+    """What a check's change sends and the page it leaves open: (event or "", page).
+
+    The one rule for alerts. A page opens on critical ("down") or on a blind spell past the limit
+    ("blind"), and a good reading (ok or warn) closes it with a "recovery". Unknown closes nothing: the
+    probe being blind says nothing about the thing it watches, so critical, unknown, critical is one
+    outage paged once, and unknown after a down does not page again as blind.
+    """
+    if to_status == Status.CRITICAL:
+        return ("", paged) if paged == Alert.DOWN else (Alert.DOWN, Alert.DOWN)
+    if to_status == Status.UNKNOWN:
+        return (Alert.BLIND, Alert.BLIND) if blind and not paged else ("", paged)
+    return (Alert.RECOVERY, "") if paged else ("", "")
+
+
 def record_reading(name: str, kind: str, status: str, detail: str, *, cost_ms: float = 0.0, findings: dict | None = None) -> Flip | None:
     """The one place a check's status changes: records a reading and decides whether it flips.
 
     A bad reading (warn, critical, unknown) flips the check only when it is the Nth in a row
     (GANTRY_HEALTH_GRACE_READINGS), so one slow probe does not page anyone; once past the grace a
     different bad status flips at once. A good reading flips at once: a recovery needs no grace.
+    Unknown readings past GANTRY_HEALTH_BLIND_CYCLES in a row are due whatever the grace, and page
+    once as blind (a Flip from unknown to unknown when the check already read unknown).
     Returns the Flip written, or None.
     """
     now = timezone.now()
@@ -109,15 +132,26 @@ def record_reading(name: str, kind: str, status: str, detail: str, *, cost_ms: f
         check.kind, check.detail, check.last_reading_at, check.cost_ms = kind, detail, now, cost_ms
         if findings is not None:
             check.findings = findings
+        check.unknown_count = check.unknown_count + 1 if status == Status.UNKNOWN else 0
+        blind = check.unknown_count > settings.GANTRY_HEALTH_BLIND_CYCLES
         if status in BAD_STATUSES:
             check.bad_count += 1
-            due = check.bad_count >= settings.GANTRY_HEALTH_GRACE_READINGS
+            due = blind or check.bad_count >= settings.GANTRY_HEALTH_GRACE_READINGS
         else:
             check.bad_count = 0
             due = True
-        flip = None
-        if due and status != check.status:
-            flip = Flip.objects.create(health_check=check, check_name=name, from_status=check.status, to_status=status, detail=detail, created_at=now)
+        flips = due and status != check.status
+        event, flip = "", None
+        if flips or blind:
+            event, check.paged = next_page(check.paged, status, blind=blind)
+        if flips or event:
+            said = detail if event != Alert.BLIND else (
+                f"could not read {name} for {check.unknown_count} probe cycles in a row; its probe last said: {detail}"
+            )
+            flip = Flip.objects.create(
+                health_check=check, check_name=name, from_status=check.status, to_status=status, detail=said, event=event, created_at=now,
+            )
+        if flips:
             check.status, check.since = status, now
         check.save()
         return flip

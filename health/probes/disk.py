@@ -1,8 +1,10 @@
 """Disk: bytes *and* inodes of the paths Gantry writes to (seed 003: inodes run out before bytes
-when a cache writes many small files)."""
+when a cache writes many small files). A folder of Gantry's own not created yet reads the filesystem
+it will be created on; a system path that is missing (/dev/shm) reads unknown."""
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -46,6 +48,21 @@ def read_path(path: str | os.PathLike) -> Reading:
     return worst(*statuses), f"{path}: " + ", ".join(parts)
 
 
+def read_folder(path: Path) -> Reading:
+    """A folder Gantry creates when it first stores something there. Not created yet is no blind
+    spot: nothing is stored, and the filesystem it will be created on (its nearest existing parent's)
+    is read instead, so a full disk still warns before the first write fails."""
+    if path.exists():
+        return read_path(path)
+    parent = next(p for p in path.parents if p.exists())
+    status, detail = read_path(parent)
+    return status, f"{path}: not created yet; nothing stored. The filesystem it will be created on ({parent}): {detail.removeprefix(f'{parent}: ')}"
+
+
+# Gantry's own folders (read_folder) and the system's, which must exist (read_path).
+GANTRY_FOLDERS = ("hf-root", "users-root", "var")
+
+
 def watched_paths() -> dict[str, Path]:
     paths = {
         "hf-root": Path(settings.GANTRY_HF_ROOT),
@@ -59,4 +76,7 @@ def watched_paths() -> dict[str, Path]:
 
 
 def probes() -> list[Probe]:
-    return [Probe(f"disk:{label}", "disk", lambda path=path: read_path(path)) for label, path in watched_paths().items()]
+    return [
+        Probe(f"disk:{label}", "disk", partial(read_folder if label in GANTRY_FOLDERS else read_path, path))
+        for label, path in watched_paths().items()
+    ]

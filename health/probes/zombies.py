@@ -6,7 +6,8 @@ parents) and its orphan segments (health/node_readings.py node_processes: health
 serving/shm.py on the node). Here they are crossed with Ray's alive actors — a Serve replica is an
 actor of class ServeReplica:<app>:<deployment>, and the engine's own workers share its placement
 group or descend from its PID — and with Gantry's models. One check per node ("zombies:<node id>"),
-warn while a zombie holds memory, its findings what the panel offers to reap.
+warn while a zombie holds memory, its findings what the panel offers to reap; a node without NVIDIA's
+driver has no GPU memory to hold, and reads ok (only its /dev/shm segments are looked at).
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ CLUSTER_CHECK = "zombies:cluster"
 KIND = "zombies"
 MIB = 1024**2
 REPLICA_CLASS = "ServeReplica:"
+# How health/probes/gpu.py's NVML reader words a node without NVIDIA's library (LibraryNotFound). Such
+# a node cannot hold GPU memory, so it has nothing to look for: ok, not unknown. Every other reason
+# (a driver not loaded, no permission, a node that did not answer) leaves the node unread.
+NO_DRIVER = "no NVIDIA driver on this machine"
 
 
 def check_name(node_id: str) -> str:
@@ -120,7 +125,8 @@ def assess_node(node: dict, holders: dict[tuple[str, int], Holder], actors_by_pi
     segments = list(node.get("segments") or [])
     findings = {"node_id": node_id, "address": node.get("address", ""), "zombies": zombies, "segments": segments}
     where = f"node {node.get('address') or node_id[:12]}"
-    if node.get("error") and not node.get("gpus"):
+    no_driver = not node.get("gpus") and node.get("error", "").startswith(NO_DRIVER)
+    if node.get("error") and not node.get("gpus") and not no_driver:
         return Status.UNKNOWN, f"{where}: {node['error']}", findings
     parts = [
         f"GPU {z['gpu']} PID {z['pid']} ({z['name'] or z['cmdline'][:40] or '?'}) holds {memory_text(z['used_bytes'])}: {z['why']}"
@@ -129,6 +135,8 @@ def assess_node(node: dict, holders: dict[tuple[str, int], Holder], actors_by_pi
     if segments:
         held = sum(s["resident_bytes"] for s in segments)
         parts.append(f"{len(segments)} /dev/shm segment(s) no process holds ({memory_text(held)} of RAM): {', '.join(s['name'] for s in segments[:5])}")
+    if not parts and no_driver:
+        return Status.OK, f"{where}: no NVIDIA driver on this node, so no GPU memory to look for; no orphan /dev/shm segment", findings
     if not parts:
         gpus = len(node.get("gpus") or [])
         return Status.OK, f"{where}: no zombie on its {gpus} GPU(s), no orphan /dev/shm segment", findings

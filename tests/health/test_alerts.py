@@ -82,3 +82,69 @@ def test_alerts_go_by_email_to_the_recipients_from_settings(settings):
     assert "DOWN" in mail.outbox[0].subject and "tcp:redis" in mail.outbox[0].subject
     assert "redis is critical" in mail.outbox[0].body
     assert "RECOVERED" in mail.outbox[1].subject
+
+
+# --- What each flip sends: a page opens on critical (or a long blind spell) and closes on a good reading
+
+def test_critical_then_warn_then_ok_sends_the_recovery_when_it_leaves_critical(receiver):
+    readings(Status.OK, Status.CRITICAL, Status.CRITICAL, Status.WARN, Status.WARN)
+    assert receiver.kinds() == ["down", "recovery"]
+    assert (receiver.received[1]["previous_status"], receiver.received[1]["status"]) == ("critical", "warn")
+    readings(Status.OK)
+    assert receiver.kinds() == ["down", "recovery"]
+
+
+def test_an_unknown_gap_in_an_outage_is_no_recovery_and_critical_after_it_does_not_page_again(receiver):
+    readings(Status.OK, Status.CRITICAL, Status.CRITICAL, Status.UNKNOWN, Status.UNKNOWN, Status.CRITICAL, Status.CRITICAL)
+    assert receiver.kinds() == ["down"]
+    readings(Status.OK)
+    assert receiver.kinds() == ["down", "recovery"]
+
+
+def test_an_outage_that_went_blind_recovers_when_it_reads_ok(receiver):
+    readings(Status.OK, Status.CRITICAL, Status.CRITICAL, Status.UNKNOWN, Status.UNKNOWN, Status.OK)
+    assert receiver.kinds() == ["down", "recovery"]
+    assert receiver.received[1]["previous_status"] == "unknown"
+
+
+def test_a_check_unknown_for_more_than_the_blind_cycles_pages_once_and_recovers_when_it_reads_again(receiver, settings):
+    assert settings.GANTRY_HEALTH_BLIND_CYCLES == 4
+    readings(Status.OK, Status.UNKNOWN, Status.UNKNOWN, Status.UNKNOWN, Status.UNKNOWN)
+    assert receiver.received == []  # unknown for 4 cycles: within the limit
+    readings(Status.UNKNOWN)
+    assert receiver.kinds() == ["blind"]
+    assert (receiver.received[0]["check"], receiver.received[0]["status"]) == ("tcp:redis", "unknown")
+    readings(Status.UNKNOWN, Status.UNKNOWN, Status.UNKNOWN, Status.UNKNOWN, Status.UNKNOWN)
+    assert receiver.kinds() == ["blind"]
+    readings(Status.WARN, Status.WARN)
+    assert receiver.kinds() == ["blind", "recovery"]
+
+
+def test_a_warning_between_unknown_readings_starts_the_blind_count_again(receiver, settings):
+    settings.GANTRY_HEALTH_BLIND_CYCLES = 2
+    readings(Status.OK, Status.UNKNOWN, Status.UNKNOWN, Status.WARN, Status.UNKNOWN, Status.UNKNOWN)
+    assert receiver.received == []
+    readings(Status.UNKNOWN)
+    assert receiver.kinds() == ["blind"]
+
+
+def test_a_blind_outage_is_not_paged_again_as_blind(receiver, settings):
+    settings.GANTRY_HEALTH_BLIND_CYCLES = 2
+    readings(Status.OK, Status.CRITICAL, Status.CRITICAL, *[Status.UNKNOWN] * 5, Status.CRITICAL, Status.CRITICAL)
+    assert receiver.kinds() == ["down"]
+
+
+def test_critical_after_a_blind_page_pages_down(receiver, settings):
+    settings.GANTRY_HEALTH_BLIND_CYCLES = 2
+    readings(Status.OK, Status.UNKNOWN, Status.UNKNOWN, Status.UNKNOWN, Status.CRITICAL, Status.CRITICAL, Status.OK)
+    assert receiver.kinds() == ["blind", "down", "recovery"]
+
+
+def test_a_blind_check_is_mailed_as_blind_with_how_long(settings):
+    settings.GANTRY_HEALTH_WEBHOOK_URL = ""
+    settings.GANTRY_HEALTH_ALERT_EMAILS = ["oncall@example.test"]
+    settings.GANTRY_HEALTH_BLIND_CYCLES = 2
+    readings(Status.OK, Status.UNKNOWN, Status.UNKNOWN, Status.UNKNOWN)
+    (blind,) = mail.outbox
+    assert blind.subject == "[Gantry] BLIND: tcp:redis cannot be read"
+    assert "could not read tcp:redis for 3 probe cycles in a row" in blind.body and "redis is unknown" in blind.body

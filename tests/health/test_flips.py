@@ -67,3 +67,25 @@ def test_flips_are_append_only():
         flip.save()
     with pytest.raises(ValueError, match="append-only"):
         flip.delete()
+
+
+def test_a_long_blind_spell_is_recorded_once_in_the_history_as_a_blind_page(settings):
+    settings.GANTRY_HEALTH_BLIND_CYCLES = 2
+    for status in (Status.OK, Status.UNKNOWN, Status.UNKNOWN, Status.UNKNOWN, Status.UNKNOWN):
+        record_reading("tcp:redis", "tcp", status, f"{status}")
+    history = Flip.objects.filter(check_name="tcp:redis").order_by("id")
+    assert [(f.from_status, f.to_status, f.event) for f in history] == [
+        (Status.UNKNOWN, Status.OK, ""), (Status.OK, Status.UNKNOWN, ""), (Status.UNKNOWN, Status.UNKNOWN, "blind"),
+    ]
+    check = HealthCheck.objects.get(name="tcp:redis")
+    assert (check.status, check.unknown_count, check.paged) == (Status.UNKNOWN, 4, "blind")
+
+
+def test_the_blind_limit_flips_a_check_to_unknown_even_within_a_longer_grace(settings):
+    settings.GANTRY_HEALTH_GRACE_READINGS = 10
+    settings.GANTRY_HEALTH_BLIND_CYCLES = 2
+    record_reading("tcp:redis", "tcp", Status.OK, "up")
+    assert record_reading("tcp:redis", "tcp", Status.UNKNOWN, "timed out") is None
+    assert record_reading("tcp:redis", "tcp", Status.UNKNOWN, "timed out") is None
+    flip = record_reading("tcp:redis", "tcp", Status.UNKNOWN, "timed out")
+    assert (flip.from_status, flip.to_status, flip.event) == (Status.OK, Status.UNKNOWN, "blind")

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dashboard.models import ApiToken
 from health.choices import Status
-from health.models import GpuSample, record_reading
+from health.models import GpuSample, HealthCheck, record_reading
 
 pytestmark = pytest.mark.django_db
 
@@ -83,3 +83,16 @@ def test_it_answers_before_any_reading(admin_client):
 
 def test_only_get_is_answered(admin_client):
     assert admin_client.post("/metrics").status_code == 405
+
+
+def test_each_check_carries_the_age_of_its_last_reading_beside_its_status(admin_client, readings):
+    HealthCheck.objects.filter(name="tcp:redis").update(last_reading_at=timezone.now() - timedelta(seconds=90))
+    HealthCheck.objects.create(name="serve:never-read", kind="serve")
+    response = admin_client.get("/metrics")
+    got = samples(response)
+    assert "# TYPE gantry_health_check_age_seconds gauge" in response.text
+    assert 90 <= got[("gantry_health_check_age_seconds", (("check", "tcp:redis"), ("kind", "tcp")))] < 150
+    assert 0 <= got[("gantry_health_check_age_seconds", (("check", "disk:var"), ("kind", "disk")))] < 60
+    # Never read: a status (unknown) but no age, rather than an age that means nothing.
+    assert got[("gantry_health_check_status", (("check", "serve:never-read"), ("kind", "serve")))] == 1
+    assert ("gantry_health_check_age_seconds", (("check", "serve:never-read"), ("kind", "serve"))) not in got

@@ -71,3 +71,18 @@ def test_each_check_shows_its_own_newest_flips_however_often_another_flipped(adm
     page = admin_client.get("/health/").text
     assert "unknown → warn" in page.split('id="check-disk:var"', 1)[1].split("</tr>", 1)[0]
     assert page.split('id="check-tcp:redis"', 1)[1].split("</tr>", 1)[0].count("<li>") == 3
+
+
+def test_a_checks_flips_say_which_alert_each_sent_and_a_blind_page_reads_as_still_unknown(admin_client, settings):
+    settings.GANTRY_HEALTH_GRACE_READINGS = 1
+    settings.GANTRY_HEALTH_BLIND_CYCLES = 1
+    for status in (Status.OK, Status.CRITICAL, Status.UNKNOWN, Status.UNKNOWN, Status.OK):
+        record_reading("tcp:redis", "tcp", status, "redis")
+    record_reading("tcp:serve", "tcp", Status.UNKNOWN, "no answer")
+    record_reading("tcp:serve", "tcp", Status.UNKNOWN, "no answer")
+    page = admin_client.get("/health/").text
+    redis = page.split('id="check-tcp:redis"', 1)[1].split("</tr>", 1)[0]
+    assert "ok → critical (down alert)" in redis and "unknown → ok (recovery alert)" in redis
+    assert "critical → unknown</li>" in redis  # a gap in an outage sends nothing
+    serve = page.split('id="check-tcp:serve"', 1)[1].split("</tr>", 1)[0]
+    assert "still unknown (blind alert)" in serve

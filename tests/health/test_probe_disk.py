@@ -72,3 +72,17 @@ def test_it_watches_the_paths_that_matter(settings, tmp_path):
     names = {probe.name for probe in disk.probes()}
     assert {"disk:hf-root", "disk:users-root", "disk:var", "disk:dev-shm"} <= names
     assert ("disk:ray-tmp" in names) == os.path.isdir("/tmp/ray")
+
+
+def test_a_gantry_folder_not_created_yet_is_ok_and_reads_the_filesystem_it_will_be_created_on(settings, tmp_path):
+    settings.GANTRY_USERS_ROOT = tmp_path / "users" / "not-yet"
+    (users_root,) = (probe for probe in disk.probes() if probe.name == "disk:users-root")
+    status, detail = users_root.read()
+    assert status == Status.OK
+    assert detail.startswith(f"{tmp_path / 'users' / 'not-yet'}: not created yet; nothing stored. The filesystem it will be created on ({tmp_path}): bytes ")
+
+
+def test_a_gantry_folder_on_a_full_filesystem_warns_before_it_is_created(small_fs):
+    fill_bytes_to(small_fs, 0.85)
+    status, detail = disk.read_folder(small_fs / "users")
+    assert status == Status.WARN and "not created yet" in detail and "bytes 85 % used" in detail

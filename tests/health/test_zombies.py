@@ -6,6 +6,7 @@ through the agent on a real Ray node."""
 from __future__ import annotations
 
 
+import pynvml
 import pytest
 from django.test import Client
 
@@ -118,6 +119,43 @@ def test_an_unreachable_cluster_reads_unknown(fake):
     fake.unavailable = True
     (result,) = probe_cycle()
     assert result.status == Status.UNKNOWN and "could not be reached" in result.detail
+
+
+class NoDriverNvml:
+    """pynvml on a machine without NVIDIA's driver: nvmlInit raises LibraryNotFound (libnvidia-ml.so.1
+    is absent), which is how the real module answers on this repository's CPU-only machines."""
+
+    NVMLError = pynvml.NVMLError
+    NVMLError_LibraryNotFound = pynvml.NVMLError_LibraryNotFound
+
+    def nvmlInit(self) -> None:  # noqa: N802 — pynvml's name
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+
+def without_driver(segments: list[dict] | None = None) -> dict:
+    """What node_processes returns for a node without the driver, read by the real NVML reader."""
+    return {**gpu.read_node_processes(NODE, NoDriverNvml()), "address": "10.0.0.7", "segments": segments or []}
+
+
+def test_a_node_without_an_nvidia_driver_has_nothing_to_look_for_and_reads_ok(fake):
+    fake.process_readings = [without_driver()]
+    probe_cycle()
+    check = node_check()
+    assert check.status == Status.OK
+    assert check.detail == "node 10.0.0.7: no NVIDIA driver on this node, so no GPU memory to look for; no orphan /dev/shm segment"
+
+
+def test_a_node_without_a_driver_still_warns_of_orphan_segments(fake):
+    fake.process_readings = [without_driver([{"name": "nccl-1a2b", "bytes": 4 * MIB, "resident_bytes": MIB, "age_s": 600.0}])]
+    probe_cycle()
+    assert node_check().status == Status.WARN and "1 /dev/shm segment(s) no process holds (1 MiB of RAM): nccl-1a2b" in node_check().detail
+
+
+def test_a_node_whose_driver_is_there_but_unreadable_stays_unknown(fake):
+    fake.process_readings = [{"node_id": NODE, "address": "10.0.0.7", "gpus": [], "segments": [],
+                              "error": "the NVIDIA driver is installed but not loaded (is the GPU visible to this machine or container?)"}]
+    probe_cycle()
+    assert node_check().status == Status.UNKNOWN and "installed but not loaded" in node_check().detail
 
 
 # --- Reaping from the panel -----------------------------------------------------------------------
