@@ -347,10 +347,28 @@ def read_node_processes(node_id: str = "", nvml: ModuleType | Any = None) -> dic
     return reading
 
 
+# The kernel's initial PID namespace has this inode number (PROC_PID_INIT_INO, include/linux/proc_ns.h).
+INITIAL_PID_NAMESPACE = 0xEFFFFFFC
+PID_NAMESPACE = Path("/proc/self/ns/pid")
+
+
+def in_own_pid_namespace() -> bool:
+    """A node running in a PID namespace of its own (a container, a KubeRay pod without hostPID):
+    NVML lists the host's PIDs, which this /proc does not show, or shows as other processes."""
+    try:
+        return PID_NAMESPACE.stat().st_ino != INITIAL_PID_NAMESPACE
+    except OSError:
+        return False
+
+
 def process_facts(pid: int) -> dict:
-    """alive (False for a PID that ended, or a zombie waiting for its parent: it runs nothing),
-    started (its start in clock ticks since boot: with the PID, what tells this process from a
-    later one that got the same number), cmdline (its head), parents (PIDs up to init)."""
+    """alive (False for a PID that ended, or a zombie waiting for its parent: it runs nothing; None
+    where the node cannot see the host's PIDs, `visible` False), started (its start in clock ticks
+    since boot: with the PID, what tells this process from a later one that got the same number),
+    cmdline (its head), parents (PIDs up to init)."""
+    if in_own_pid_namespace():
+        # A host PID looked up here is nothing, or another process: never call it ended or reap it.
+        return {"alive": None, "visible": False, "started": None, "cmdline": "", "parents": []}
     stat = _stat(pid)
     if stat is None or stat[0] == "Z":
         return {"alive": False, "started": None, "cmdline": "", "parents": []}

@@ -116,6 +116,16 @@ def _fields(process: dict) -> dict:
 
 def assess_node(node: dict, holders: dict[tuple[str, int], Holder], actors_by_pid: dict[tuple[str, int], dict]) -> tuple[str, str, dict]:
     node_id = node["node_id"]
+    where = f"node {node.get('address') or node_id[:12]}"
+    unseen = [p for gpu in node.get("gpus") or [] for p in gpu.get("processes") or [] if p.get("visible") is False]
+    if unseen:
+        # NVML's PIDs are the host's; a container's /proc has none of them, or other processes under
+        # those numbers: "ended" would send someone to reset a GPU a live replica uses.
+        return Status.UNKNOWN, (
+            f"{where} runs in a PID namespace of its own (a container) and cannot see the host's processes: the "
+            f"{len(unseen)} process(es) NVML lists on its GPUs cannot be told apart (replica or zombie). Run the Ray node "
+            "with the host's PID namespace (docker --pid=host, Kubernetes hostPID: true) to check them"
+        ), {"node_id": node_id, "address": node.get("address", ""), "zombies": [], "segments": list(node.get("segments") or [])}
     zombies = []
     for gpu in node.get("gpus") or []:
         for process in gpu.get("processes") or []:
@@ -124,7 +134,6 @@ def assess_node(node: dict, holders: dict[tuple[str, int], Holder], actors_by_pi
                 zombies.append({**finding, "gpu": gpu["index"], "uuid": gpu.get("uuid", "")})
     segments = list(node.get("segments") or [])
     findings = {"node_id": node_id, "address": node.get("address", ""), "zombies": zombies, "segments": segments}
-    where = f"node {node.get('address') or node_id[:12]}"
     no_driver = not node.get("gpus") and node.get("error", "").startswith(NO_DRIVER)
     if node.get("error") and not node.get("gpus") and not no_driver:
         return Status.UNKNOWN, f"{where}: {node['error']}", findings
