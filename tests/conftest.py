@@ -36,6 +36,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.ray)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quick_password_hashes():
+    """Users the tests make hash their passwords with tests/hashers.py's PBKDF2 of few iterations; no
+    test is about the hash's cost (tests/security keeps its own, quicker still)."""
+    from django.conf import settings as django_settings
+    from django.test import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["tests.hashers.QuickPBKDF2PasswordHasher", *django_settings.PASSWORD_HASHERS]):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def preflight_at_once(monkeypatch):
     """A deploy's preflight runs as soon as the reconciler asks for it, in this process, instead of
