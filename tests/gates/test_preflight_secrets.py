@@ -179,7 +179,8 @@ def test_a_secret_set_3_s_into_a_5_s_timeout_lets_the_guard_pass(alice):
         thread.join()
     elapsed = time.monotonic() - started
     assert result.status == OK, result.summary
-    assert 2.9 <= result.data["waited_s"] <= 4.0 and elapsed < 5.0
+    # Found, not timed out (5 s): it waited for the secret's arrival, however slow the machine.
+    assert 2.9 <= result.data["waited_s"] < 5.0 and elapsed >= 2.9
     assert by_item(result)["PROVISIONED_LATE"].note.startswith("appeared after 3")
 
 

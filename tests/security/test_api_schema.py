@@ -24,8 +24,9 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("roots", "gpu_engin
 # An eval set is uploaded as JSON lines: text on the wire.
 schemathesis.serializer.alias("application/x-ndjson", "text/plain")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+# The run is bounded by its examples per operation, not by a clock (a 60 s bound failed CI under
+# load with nothing failing); how long it takes is printed.
 EXAMPLES = {GenerationMode.POSITIVE: 15, GenerationMode.NEGATIVE: 25}
-BUDGET_S = 60
 
 
 @pytest.fixture
@@ -66,7 +67,6 @@ def test_no_operation_answers_a_5xx_or_outside_its_schema(alice, alices, wsgi_ap
     print(f"schemathesis: {len(called)} calls to {len(operations)} operations in {elapsed:.1f} s, {len(failures)} failing")
     assert not failures, "\n".join(failures)
     assert len(set(called)) == len(operations)
-    assert elapsed < BUDGET_S
 
 
 def test_an_api_path_no_route_takes_is_the_apis_json_404_and_a_page_keeps_djangos(alice, alice_client):
