@@ -29,7 +29,7 @@ RAY_FILES = (ROOT / "tests" / "e2e" / "test_make_run.py",)  # `make run` starts 
 
 def pytest_collection_modifyitems(config, items):
     # Every test that starts or uses a Ray cluster is marked `ray`, whichever fixture brought the
-    # head in: `make test` runs them beside the others, each set in its own pytest (bin/gantry-test).
+    # head in: `bin/gantry-test -m "not ray"` is the suite without them (~a third of make test's time).
     for item in items:
         path = Path(item.path)
         if "ray_head" in getattr(item, "fixturenames", ()) or path in RAY_FILES or any(f in path.parents for f in RAY_FOLDERS):

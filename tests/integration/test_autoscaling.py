@@ -20,7 +20,7 @@ from serving.reconciler import reconcile
 from tests.integration.test_serving_end_to_end import Api, drive, suffix
 from tests.ray_cluster import ChatLoad, get_json, replicas
 
-pytestmark = [pytest.mark.slow, pytest.mark.solo, pytest.mark.django_db]
+pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 BURST_CLIENTS = 8  # each keeps one request in flight: 8 ongoing against a target of 1 per replica
 SCALE_UP_WITHIN_S = 420  # Serve decides in seconds; the new replica's engine takes the rest

@@ -38,12 +38,26 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """Each case's header-only checkpoint, written once for the module's three checks (a 235B MoE
+    layout is 36,000 tensors)."""
+    written: dict[str, Path] = {}
+
+    def folder(case: dict) -> Path:
+        if case["name"] not in written:
+            written[case["name"]] = write_checkpoint(tmp_path_factory.mktemp("case") / case["name"], case["model"]["config"])
+        return written[case["name"]]
+
+    return folder
+
+
 def budget_of(case: dict, folder: Path):
     options = {k: v for k, v in case["engine_kwargs"].items() if k in ESTIMATED_OPTIONS}
     tp, pp = case.get("tensor_parallel_size", 1), case.get("pipeline_parallel_size", 1)
     if pp > 1:
         options["pipeline_parallel_size"] = pp
-    e = estimate(write_checkpoint(folder, case["model"]["config"]), options, tp * pp)
+    e = estimate(folder, options, tp * pp)
     # vLLM before 0.21 captured CUDA graphs after sizing the cache; every case here is older.
     e = replace(e, cuda_graphs_in_share=False)
     total = int(case["gpu"]["total_gib"] * GIB)
@@ -80,25 +94,25 @@ def test_every_case_cites_its_source_and_what_vllm_logged():
     assert sum(not c["logged"]["started"] for c in cases) >= 2
 
 
-def test_the_estimate_gets_vllms_verdict(case, tmp_path, request):
+def test_the_estimate_gets_vllms_verdict(case, checkpoints, request):
     known_gap(request, case, "verdict")
-    budget = budget_of(case, tmp_path / "model")
+    budget = budget_of(case, checkpoints(case))
     assert started(case, budget) == case["logged"]["started"], budget.verdict()
 
 
-def test_the_weights_are_what_vllm_loaded(case, tmp_path, request):
+def test_the_weights_are_what_vllm_loaded(case, checkpoints, request):
     known_gap(request, case, "weights")
     logged = case["logged"].get("weights_gib")
     if logged is None:
         pytest.skip("the log gives no weights figure")
-    budget = budget_of(case, tmp_path / "model")
+    budget = budget_of(case, checkpoints(case))
     assert budget.weights_bytes / GIB == pytest.approx(logged, rel=WEIGHTS_WITHIN)
 
 
-def test_the_kv_cache_holds_the_tokens_vllm_logged(case, tmp_path, request):
+def test_the_kv_cache_holds_the_tokens_vllm_logged(case, checkpoints, request):
     known_gap(request, case, "kv_tokens")
     logged = case["logged"].get("kv_cache_tokens")
     if logged is None:
         pytest.skip("the log gives no KV cache token count")
-    budget = budget_of(case, tmp_path / "model")
+    budget = budget_of(case, checkpoints(case))
     assert budget.kv_tokens == pytest.approx(logged, rel=KV_TOKENS_WITHIN), f"{budget.kv_tokens:,} vs {logged:,}"
