@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from health.models import GpuSample, HealthCheck
@@ -20,7 +21,8 @@ def window_start(now: datetime | None = None) -> datetime:
 def thin_gpu_samples(now: datetime | None = None) -> dict[str, int]:
     """Delete samples past the window; past the raw hour keep each GPU's first sample of each
     5-minute bucket, and every sample that heard an XID (the panel lists the window's XIDs).
-    A GPU check that has had no sample for the whole window is forgotten."""
+    A GPU check that has had no sample for the whole window, and whose GPU is missing (not merely in
+    error), is forgotten."""
     from health.probes.gpu_probe import CLUSTER_CHECK, KIND, check_name
 
     now = now or timezone.now()
@@ -39,7 +41,10 @@ def thin_gpu_samples(now: datetime | None = None) -> dict[str, int]:
     for chunk in range(0, len(surplus), 1000):
         thinned += GpuSample.objects.filter(pk__in=surplus[chunk:chunk + 1000]).delete()[0]
     read = {check_name(node_id, index) for node_id, index in GpuSample.objects.filter(at__gte=start).values_list("node_id", "gpu_index").order_by().distinct()}
-    # A GPU gone for the whole window (a node taken away on purpose) stops paging; its flips stay.
-    gone = HealthCheck.objects.filter(kind=KIND, since__lt=start).exclude(name=CLUSTER_CHECK).exclude(name__in=read)
+    # A GPU gone for the whole window (a node taken away on purpose) stops paging; its flips stay. One
+    # its node still reports, stuck in error (no sample, no figures), is not gone: forgotten, it would
+    # page again as new.
+    still_there = Q(last_reading_at__gte=start) & ~Q(findings__has_key="missing")
+    gone = HealthCheck.objects.filter(kind=KIND, since__lt=start).exclude(name=CLUSTER_CHECK).exclude(name__in=read).exclude(still_there)
     forgotten, _ = gone.delete()
     return {"expired": expired, "thinned": thinned, "forgotten_checks": forgotten}

@@ -110,7 +110,8 @@ def _record_nodes(fetched: dict, now) -> Reading:
             seen.add(name)
             status, detail = assess_gpu(gpu)
             counts[status] = counts.get(status, 0) + 1
-            record_reading(name, KIND, status, detail)
+            # Read, if only as an error: a GPU stuck in error writes no sample but is still there.
+            record_reading(name, KIND, status, detail, findings={})
             if "error" not in gpu:
                 samples.append(_sample(node, gpu, now))
     for name in sorted(known - seen):
@@ -121,7 +122,8 @@ def _record_nodes(fetched: dict, now) -> Reading:
             continue
         why = node_errors.get(node_id) or "its node is no longer among the cluster's alive nodes"
         counts[Status.CRITICAL] = counts.get(Status.CRITICAL, 0) + 1
-        record_reading(name, KIND, Status.CRITICAL, f"the GPU is missing: it was read before but not now ({why}); check the node and its driver")
+        record_reading(name, KIND, Status.CRITICAL, f"the GPU is missing: it was read before but not now ({why}); check the node and its driver",
+                       findings={"missing": True})
     GpuSample.objects.bulk_create(samples)
     gpus = sum(counts.values())
     detail = f"{len(nodes)} node(s), {gpus} GPU(s)"

@@ -64,7 +64,7 @@ def test_a_sample_that_heard_an_xid_is_kept_whatever_its_bucket():
 
 def test_a_gpu_gone_for_the_whole_window_is_forgotten_but_its_flips_stay(settings):
     settings.GANTRY_HEALTH_GRACE_READINGS = 1
-    record_reading("gpu:gone:0", "gpu", Status.CRITICAL, "the GPU is missing")
+    record_reading("gpu:gone:0", "gpu", Status.CRITICAL, "the GPU is missing", findings={"missing": True})  # as the probe says it
     record_reading("gpu:here:0", "gpu", Status.OK, "fine")
     record_reading("gpu:cluster", "gpu", Status.OK, "1 node(s)")
     HealthCheck.objects.update(since=NOW - timedelta(hours=30))
@@ -73,6 +73,22 @@ def test_a_gpu_gone_for_the_whole_window_is_forgotten_but_its_flips_stay(setting
     assert done["forgotten_checks"] == 1
     assert set(HealthCheck.objects.values_list("name", flat=True)) == {"gpu:here:0", "gpu:cluster"}
     assert Flip.objects.filter(check_name="gpu:gone:0").exists()
+
+
+def test_a_gpu_stuck_in_error_for_the_whole_window_is_not_forgotten(settings):
+    """Its node reports it every cycle, as an error: no sample, but not gone; forgotten, its check would
+    page again as a new GPU."""
+    from health.probes.gpu_probe import _record_nodes
+    from tests.health.gpu_readings import gpu, node
+
+    settings.GANTRY_HEALTH_GRACE_READINGS = 1
+    broken = {"index": 1, "error": "NVML could not read GPU 1: Unknown Error"}
+    _record_nodes({"nodes": [node("n1", gpus=[gpu(0), broken])], "error": ""}, datetime.now(timezone.utc))
+    HealthCheck.objects.update(since=datetime.now(timezone.utc) - timedelta(hours=30))
+    GpuSample.objects.update(at=datetime.now(timezone.utc) - timedelta(minutes=1))
+
+    assert thin_gpu_samples()["forgotten_checks"] == 0
+    assert HealthCheck.objects.get(name="gpu:n1:1").status == Status.CRITICAL
 
 
 def test_the_task_runs_the_thinning(settings):
