@@ -74,6 +74,11 @@ def case(request):
     return load(request.param)
 
 
+def cases_logging(figure: str) -> list:
+    """The cases whose log gives `figure`, as parameters."""
+    return [pytest.param(load(p), id=p.stem) for p in CASES if load(p)["logged"].get(figure) is not None]
+
+
 def known_gap(request, case: dict, check: str) -> None:
     checks, reason = KNOWN_GAPS.get(case["name"], ((), ""))
     if check in checks:
@@ -100,19 +105,17 @@ def test_the_estimate_gets_vllms_verdict(case, checkpoints, request):
     assert started(case, budget) == case["logged"]["started"], budget.verdict()
 
 
-def test_the_weights_are_what_vllm_loaded(case, checkpoints, request):
+@pytest.mark.parametrize("logged_case", cases_logging("weights_gib"))
+def test_the_weights_are_what_vllm_loaded(logged_case, checkpoints, request):
+    case, logged = logged_case, logged_case["logged"]["weights_gib"]
     known_gap(request, case, "weights")
-    logged = case["logged"].get("weights_gib")
-    if logged is None:
-        pytest.skip("the log gives no weights figure")
     budget = budget_of(case, checkpoints(case))
     assert budget.weights_bytes / GIB == pytest.approx(logged, rel=WEIGHTS_WITHIN)
 
 
-def test_the_kv_cache_holds_the_tokens_vllm_logged(case, checkpoints, request):
+@pytest.mark.parametrize("logged_case", cases_logging("kv_cache_tokens"))
+def test_the_kv_cache_holds_the_tokens_vllm_logged(logged_case, checkpoints, request):
+    case, logged = logged_case, logged_case["logged"]["kv_cache_tokens"]
     known_gap(request, case, "kv_tokens")
-    logged = case["logged"].get("kv_cache_tokens")
-    if logged is None:
-        pytest.skip("the log gives no KV cache token count")
     budget = budget_of(case, checkpoints(case))
     assert budget.kv_tokens == pytest.approx(logged, rel=KV_TOKENS_WITHIN), f"{budget.kv_tokens:,} vs {logged:,}"
