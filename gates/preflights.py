@@ -168,9 +168,15 @@ def vram_preview(resolved_spec: dict, engine: str, what_if: str = "") -> VramPre
     budget = need.on_gpu(picked.total_bytes, picked.name) if picked else None
     if on_cpu:
         return VramPreview(what_if=budget, what_if_name=picked.name, gpu_choices=choices)
-    memory = gpu_memory_reading()
-    report = fit(need, memory.nodes, replica_pids=memory.replica_pids, replicas=int(resolved_spec.get("num_replicas", 1)), unread=memory.note)
+    report, _ = cluster_fit(need, resolved_spec)
     return VramPreview(report, what_if=budget, what_if_name=picked.name if picked else "", gpu_choices=choices)
+
+
+def cluster_fit(need, resolved_spec: dict) -> tuple[FitReport, GpuMemory]:
+    """`need` against the GPUs' newest reading, for the spec's replicas; and that reading."""
+    memory = gpu_memory_reading()
+    replicas = int(resolved_spec.get("num_replicas", 1))
+    return fit(need, memory.nodes, replica_pids=memory.replica_pids, replicas=replicas, unread=memory.note), memory
 
 
 def context_for(run: PreflightRun, runtime: Runtime, *, wait_for_secrets: bool, engine: str | None = None) -> PreflightContext:
@@ -262,8 +268,7 @@ def vram_fit_json(resolved_spec: dict, engine: str, asked: list) -> dict:
     need = estimate(resolved_spec["model_source"], resolved_spec.get("engine_kwargs"), max(1, gpus_per_replica))
     cluster = None
     if engine == "gpu" and gpus_per_replica > 0:
-        memory = gpu_memory_reading()
-        report = fit(need, memory.nodes, replica_pids=memory.replica_pids, replicas=int(resolved_spec.get("num_replicas", 1)), unread=memory.note)
+        report, memory = cluster_fit(need, resolved_spec)
         cluster = {
             "checked": report.checked, "fits": report.fits, "summary": report.summary(), "advice": report.advice(), "read_at": memory.read_at,
             "gpus": [{"node": g.node, "index": g.index, "name": g.name, "fits": g.fits, "error": g.error,

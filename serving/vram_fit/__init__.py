@@ -25,7 +25,6 @@ from serving.vram_fit.estimation import (
     gib,
     serving_dtype,
     vllm_batch_defaults,
-    vllm_default_max_num_seqs,
 )
 from serving.vram_fit.report import (
     SERVING_PROCESS_PREFIXES,
@@ -47,7 +46,7 @@ __all__ = [
     "CAST_DTYPES", "DTYPE_BITS", "MAX_HEADER_BYTES", "MAX_SHARDS", "VramEstimateError", "Weights",
     "read_config", "read_header", "read_weights", "weight_files", "GIB", "KV_BLOCK_TOKENS",
     "KV_CACHE_DTYPE_BYTES", "SERVING_DTYPE_BYTES", "VLLM_DEFAULT_GPU_MEMORY_UTILIZATION", "Budget",
-    "Estimate", "estimate", "gib", "serving_dtype", "vllm_batch_defaults", "vllm_default_max_num_seqs",
+    "Estimate", "estimate", "gib", "serving_dtype", "vllm_batch_defaults",
     "SERVING_PROCESS_PREFIXES", "FitReport", "GpuFit", "Holder", "Measured", "NodeFit", "fit", "fixes",
     "measure", "node_name", "replica_processes", "serving_pids", "Shapes", "read_shapes",
 ]

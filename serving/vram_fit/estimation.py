@@ -90,12 +90,6 @@ def vllm_batch_defaults(gpu_total_bytes: int = 0, gpu_name: str = "") -> tuple[i
     return 256, 2048
 
 
-def vllm_default_max_num_seqs(gpu_total_bytes: int = 0, gpu_name: str = "", max_num_batched_tokens: int | None = None) -> int:
-    """vLLM's max_num_seqs when the spec sets none; vLLM caps it at max_num_batched_tokens."""
-    seqs, batched = vllm_batch_defaults(gpu_total_bytes, gpu_name)
-    return min(seqs, max_num_batched_tokens or batched)
-
-
 def serving_dtype(config: dict, engine_kwargs: dict) -> str:
     """The dtype vLLM holds float weights and activations in on a GPU."""
     asked = str(engine_kwargs.get("dtype") or "auto").lower()

@@ -29,9 +29,13 @@ class Gpu:
 
 
 @cache
+def _entries() -> tuple[dict, ...]:
+    return tuple(json.loads(CATALOG.read_text(encoding="utf-8"))["gpus"])
+
+
+@cache
 def known_gpus() -> tuple[Gpu, ...]:
-    entries = json.loads(CATALOG.read_text(encoding="utf-8"))["gpus"]
-    return tuple(Gpu(e["name"], int(e["total_bytes"]), None, e["source"]) for e in entries)
+    return tuple(Gpu(e["name"], int(e["total_bytes"]), None, e["source"]) for e in _entries())
 
 
 def _key(name: str) -> str:
@@ -40,9 +44,8 @@ def _key(name: str) -> str:
 
 @cache
 def _by_key() -> dict[str, Gpu]:
-    entries = json.loads(CATALOG.read_text(encoding="utf-8"))["gpus"]
     found = {}
-    for entry, gpu in zip(entries, known_gpus()):
+    for entry, gpu in zip(_entries(), known_gpus()):
         for alias in [entry["name"], *entry.get("aliases", [])]:
             found.setdefault(_key(alias), gpu)
     return found
